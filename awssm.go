@@ -1,0 +1,105 @@
+package pgsecrets
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
+	"github.com/aws/smithy-go"
+)
+
+// SecretsManagerClient is the one method of *secretsmanager.Client that
+// pgsecrets uses. Pass your own client (with its own credentials,
+// endpoint or middleware) with WithSecretsManagerClient.
+type SecretsManagerClient interface {
+	GetSecretValue(ctx context.Context, in *secretsmanager.GetSecretValueInput, optFns ...func(*secretsmanager.Options)) (*secretsmanager.GetSecretValueOutput, error)
+}
+
+// awsProvider reads an RDS-format secret from AWS Secrets Manager.
+type awsProvider struct {
+	client      SecretsManagerClient
+	secretID    string
+	usernameKey string
+	passwordKey string
+}
+
+// newAWSClient builds a Secrets Manager client from the SDK's default
+// configuration chain (environment, shared files, web identity, ECS, EC2),
+// once per connector. The SDK does not retry: the cache does, with its own
+// backoff, so that a failing store sees a bounded request rate.
+func newAWSClient(ctx context.Context, cfg *Config) (*secretsmanager.Client, error) {
+	var opts []func(*config.LoadOptions) error
+	if cfg.Region != "" {
+		opts = append(opts, config.WithRegion(cfg.Region))
+	}
+	awsCfg, err := config.LoadDefaultConfig(ctx, opts...)
+	if err != nil {
+		return nil, &DSNError{Msg: "cannot load the AWS configuration (environment, shared config files)", Err: err}
+	}
+	if awsCfg.Region == "" {
+		return nil, &DSNError{Key: keyRegion, Msg: "no AWS region: set secret_region, use the secret's full ARN as secret_id, or set AWS_REGION"}
+	}
+	return secretsmanager.NewFromConfig(awsCfg, func(o *secretsmanager.Options) {
+		if cfg.Endpoint != "" {
+			o.BaseEndpoint = aws.String(cfg.Endpoint)
+		}
+		o.RetryMaxAttempts = 1
+	}), nil
+}
+
+func (p *awsProvider) Fetch(ctx context.Context, stage string) (*Credentials, error) {
+	out, err := p.client.GetSecretValue(ctx, &secretsmanager.GetSecretValueInput{
+		SecretId:     aws.String(p.secretID),
+		VersionStage: aws.String(stage),
+	}, func(o *secretsmanager.Options) { o.RetryMaxAttempts = 1 })
+	if err != nil {
+		return nil, p.classify(stage, err)
+	}
+	version := aws.ToString(out.VersionId)
+	if out.SecretString == nil {
+		return nil, &SecretError{Kind: ErrMalformedSecret, SecretID: p.secretID, Stage: stage, VersionID: version,
+			Detail: "the secret has no SecretString (binary secrets are not supported)",
+			Hint:   "store the credentials as a JSON SecretString in the RDS secret format"}
+	}
+	creds, err := ParseSecret(p.secretID, *out.SecretString, p.usernameKey, p.passwordKey)
+	if err != nil {
+		var se *SecretError
+		if errors.As(err, &se) {
+			se.Stage, se.VersionID = stage, version
+		}
+		return nil, err
+	}
+	creds.VersionID, creds.Stage = version, stage
+	return creds, nil
+}
+
+// classify turns an SDK error into a *SecretError of the right kind.
+func (p *awsProvider) classify(stage string, err error) error {
+	se := &SecretError{SecretID: p.secretID, Stage: stage, Err: err}
+	var api smithy.APIError
+	code := ""
+	if errors.As(err, &api) {
+		code = api.ErrorCode()
+	}
+	switch code {
+	case "ResourceNotFoundException":
+		se.Kind = ErrSecretNotFound
+		se.Hint = "check secret_id and the region (" + "secret_region" + "); the secret must exist there and have a version at this stage"
+	case "InvalidRequestException":
+		se.Kind = ErrSecretNotFound
+		se.Hint = "the store refused the request; a secret scheduled for deletion cannot be read"
+	case "AccessDeniedException":
+		se.Kind = ErrAccessDenied
+		se.Hint = fmt.Sprintf("the AWS identity in use needs secretsmanager:GetSecretValue on %s", p.secretID)
+	case "DecryptionFailure":
+		se.Kind = ErrAccessDenied
+		se.Hint = "the AWS identity in use needs kms:Decrypt on the secret's KMS key"
+	default:
+		se.Kind = ErrStoreUnavailable
+		se.Hint = "check network access to the Secrets Manager endpoint and the AWS credentials; cached credentials are used meanwhile where available"
+	}
+	return se
+}

@@ -1,0 +1,342 @@
+package pgsecrets
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/singleflight"
+)
+
+// Store call pacing, per secret, for the whole process.
+const (
+	// minCallInterval spaces any two store calls for one secret: at most
+	// four per second, whatever the concurrency.
+	minCallInterval = 250 * time.Millisecond
+	// Failure backoff: the first retry after a failed call waits about
+	// backoffBase, doubling per consecutive failure up to backoffMax,
+	// jittered by ±20%, so a store that is down sees under 3 calls/s.
+	backoffBase = 500 * time.Millisecond
+	backoffMax  = 5 * time.Second
+	// storeTimeout bounds one store call when the caller set no deadline
+	// (fetches run detached from callers, so always).
+	storeTimeout = 10 * time.Second
+)
+
+// stagePending is the stage AWS's rotation writes the new password to.
+const stagePending = "AWSPENDING"
+
+// registry holds the cache entries shared by every connector of the
+// process, keyed by secret, stage, region, endpoint and provider.
+var registry = struct {
+	sync.Mutex
+	m map[string]*entry
+}{m: map[string]*entry{}}
+
+// entry caches the credentials of one secret and paces its store calls.
+// Its goroutines (fetches, background refreshes, recoveries) run on ctx,
+// which is cancelled when the last connector using the entry closes.
+type entry struct {
+	key      string
+	secretID string
+	stage    string
+	provider Provider
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	refs   int // guarded by registry
+	sf     singleflight.Group
+
+	mu          sync.Mutex
+	closed      bool
+	cur         *Credentials // last version fetched at stage
+	fetchedAt   time.Time
+	pending     *Credentials // a validated AWSPENDING version, used until stage catches up
+	lastCall    time.Time
+	nextCall    time.Time // earliest next call after failures
+	failures    int
+	refreshing  bool
+	outage      bool // the store is failing; warned once
+	lastRefresh time.Time
+
+	storeCalls atomic.Int64
+	breakers   sync.Map // target → *breaker
+}
+
+func acquireEntry(key, secretID, stage string, p Provider) *entry {
+	registry.Lock()
+	defer registry.Unlock()
+	if e, ok := registry.m[key]; ok {
+		e.refs++
+		return e
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	e := &entry{key: key, secretID: secretID, stage: stage, provider: p, ctx: ctx, cancel: cancel, refs: 1}
+	registry.m[key] = e
+	return e
+}
+
+// release drops one reference; the last one stops the entry's goroutines
+// and waits for them.
+func (e *entry) release() {
+	registry.Lock()
+	e.refs--
+	last := e.refs == 0
+	if last {
+		delete(registry.m, e.key)
+	}
+	registry.Unlock()
+	if !last {
+		return
+	}
+	e.mu.Lock()
+	e.closed = true
+	e.mu.Unlock()
+	e.cancel()
+	e.wg.Wait()
+}
+
+// policy is one connector's view of freshness.
+type policy struct {
+	ttl      time.Duration
+	maxStale time.Duration
+	log      *slog.Logger
+	stats    *counters
+}
+
+// refreshMargin is how long before the TTL ends a background refresh
+// starts: a fifth of the TTL, at most a minute.
+func refreshMargin(ttl time.Duration) time.Duration {
+	return min(ttl/5, time.Minute)
+}
+
+// active returns the credentials new connections should use.
+func (e *entry) activeLocked() *Credentials {
+	if e.pending != nil {
+		return e.pending
+	}
+	return e.cur
+}
+
+// get returns credentials for a new connection: cached ones without I/O
+// while fresh (refreshing in the background shortly before the TTL ends),
+// stale ones while the store is unavailable, else one shared fetch.
+func (e *entry) get(ctx context.Context, pol policy) (*Credentials, error) {
+	now := time.Now()
+	e.mu.Lock()
+	cred := e.activeLocked()
+	var age time.Duration
+	if cred != nil {
+		age = now.Sub(e.fetchedAt)
+		if age < pol.ttl {
+			if age >= pol.ttl-refreshMargin(pol.ttl) {
+				e.refreshLocked(now, pol)
+			}
+			e.mu.Unlock()
+			pol.stats.cacheHits.Add(1)
+			return cred, nil
+		}
+		if age < pol.ttl+pol.maxStale && e.failures > 0 {
+			// The store is known to be failing: serve the cached
+			// credential and keep retrying in the background.
+			e.refreshLocked(now, pol)
+			e.mu.Unlock()
+			pol.log.Debug(EventServingStale, "secret_id", e.secretID, "version_id", cred.VersionID, "stage", cred.Stage, "age", age.Round(time.Millisecond))
+			pol.stats.staleServes.Add(1)
+			return cred, nil
+		}
+	}
+	e.mu.Unlock()
+
+	_, err := e.fetch(ctx, e.stage, pol)
+	if err == nil {
+		e.mu.Lock()
+		cred = e.activeLocked()
+		e.mu.Unlock()
+		return cred, nil
+	}
+	if cred != nil && errors.Is(err, ErrStoreUnavailable) && age < pol.ttl+pol.maxStale {
+		pol.log.Debug(EventServingStale, "secret_id", e.secretID, "version_id", cred.VersionID, "stage", cred.Stage, "age", age.Round(time.Millisecond))
+		pol.stats.staleServes.Add(1)
+		return cred, nil
+	}
+	return nil, err
+}
+
+// refreshLocked starts a background refresh of the current stage unless
+// one is running or the store is in backoff.
+func (e *entry) refreshLocked(now time.Time, pol policy) {
+	if e.refreshing || e.closed || now.Before(e.nextCall) {
+		return
+	}
+	e.refreshing = true
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		_, _, _ = e.sf.Do(e.stage, func() (any, error) { return e.call(e.stage, pol) })
+		e.mu.Lock()
+		e.refreshing = false
+		e.mu.Unlock()
+	}()
+}
+
+type fetchResult struct {
+	creds *Credentials
+	err   error
+}
+
+// fetch makes one store call for stage, shared by every concurrent caller.
+// The call runs detached from ctx (a caller giving up must not fail the
+// others), bounded by storeTimeout and the entry's lifetime; a caller whose
+// ctx ends returns ctx.Err() at once.
+func (e *entry) fetch(ctx context.Context, stage string, pol policy) (*Credentials, error) {
+	ch := make(chan fetchResult, 1)
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return nil, &SecretError{Kind: ErrStoreUnavailable, SecretID: e.secretID, Detail: "connector closed"}
+	}
+	e.wg.Add(1)
+	e.mu.Unlock()
+	go func() {
+		defer e.wg.Done()
+		v, err, _ := e.sf.Do(stage, func() (any, error) { return e.call(stage, pol) })
+		c, _ := v.(*Credentials)
+		ch <- fetchResult{c, err}
+	}()
+	select {
+	case r := <-ch:
+		return r.creds, r.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// call paces and performs one store call and records its outcome.
+func (e *entry) call(stage string, pol policy) (*Credentials, error) {
+	e.mu.Lock()
+	wait := time.Until(later(e.nextCall, e.lastCall.Add(minCallInterval)))
+	e.mu.Unlock()
+	if wait > 0 {
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-e.ctx.Done():
+			t.Stop()
+			return nil, &SecretError{Kind: ErrStoreUnavailable, SecretID: e.secretID, Stage: stage, Detail: "connector closed"}
+		}
+	}
+	e.mu.Lock()
+	e.lastCall = time.Now()
+	e.mu.Unlock()
+
+	ctx, cancel := context.WithTimeout(e.ctx, storeTimeout)
+	start := time.Now()
+	creds, err := e.provider.Fetch(ctx, stage)
+	cancel()
+	e.storeCalls.Add(1)
+	pol.stats.storeCalls.Add(1)
+	took := time.Since(start)
+
+	if err != nil {
+		var se *SecretError
+		if !errors.As(err, &se) {
+			err = &SecretError{Kind: ErrStoreUnavailable, SecretID: e.secretID, Stage: stage, Err: err}
+		}
+		lvl := slog.LevelWarn
+		e.mu.Lock()
+		if errors.Is(err, ErrStoreUnavailable) {
+			e.failures++
+			e.nextCall = time.Now().Add(backoff(backoffBase, backoffMax, e.failures))
+			// One warning per outage; each failed call is a debug line.
+			if !e.outage {
+				e.outage = true
+				var version string
+				if e.cur != nil {
+					version = e.cur.VersionID
+				}
+				pol.log.Warn(EventStoreUnavailable, "secret_id", e.secretID, "stage", stage,
+					"cached_version_id", version, "serving_cached", e.cur != nil)
+			}
+			lvl = slog.LevelDebug
+		}
+		e.mu.Unlock()
+		if stage == stagePending && errors.Is(err, ErrSecretNotFound) {
+			lvl = slog.LevelDebug // no rotation in progress: the usual case
+		}
+		pol.log.Log(context.Background(), lvl, EventFetchFailed, "secret_id", e.secretID, "stage", stage,
+			"error_kind", kindName(err), "duration", took.Round(time.Microsecond))
+		return nil, err
+	}
+	if creds.Stage == "" {
+		creds.Stage = stage
+	}
+	pol.log.Debug(EventFetched, "secret_id", e.secretID, "stage", stage, "version_id", creds.VersionID,
+		"duration", took.Round(time.Microsecond))
+
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.outage {
+		pol.log.Info(EventStoreRecovered, "secret_id", e.secretID, "failed_calls", e.failures)
+	}
+	e.failures, e.nextCall, e.outage = 0, time.Time{}, false
+	if stage != e.stage {
+		return creds, nil
+	}
+	prev := e.cur
+	e.cur, e.fetchedAt, e.lastRefresh = creds, time.Now(), time.Now()
+	if prev != nil && prev.VersionID != creds.VersionID {
+		pol.log.Info(EventRotationPickedUp, "secret_id", e.secretID, "stage", stage,
+			"version_id", creds.VersionID, "previous_version_id", prev.VersionID)
+	}
+	if e.pending != nil && (creds.VersionID == e.pending.VersionID || prev == nil || creds.VersionID != prev.VersionID) {
+		// The stage caught up with the pending version (or moved on): the
+		// pending version is no longer needed.
+		e.pending = nil
+	}
+	return creds, nil
+}
+
+// setPending makes a validated AWSPENDING version the one new connections
+// use until the current stage catches up.
+func (e *entry) setPending(c *Credentials) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.cur != nil && e.cur.VersionID == c.VersionID {
+		return
+	}
+	e.pending = c
+}
+
+// backoff returns base·2^(n-1), capped at max, jittered by ±20%.
+func backoff(base, max time.Duration, n int) time.Duration {
+	d := base
+	for i := 1; i < n && d < max; i++ {
+		d *= 2
+	}
+	d = min(d, max)
+	return time.Duration(float64(d) * (0.8 + 0.4*rand.Float64()))
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+// kindName names the sentinel an error wraps, for logs.
+func kindName(err error) string {
+	for _, k := range []error{ErrSecretNotFound, ErrAccessDenied, ErrMalformedSecret, ErrStoreUnavailable,
+		ErrAuthFailed, ErrCircuitOpen, context.Canceled, context.DeadlineExceeded} {
+		if errors.Is(err, k) {
+			return k.Error()
+		}
+	}
+	return "other"
+}

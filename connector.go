@@ -1,0 +1,208 @@
+package pgsecrets
+
+import (
+	"context"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/lib/pq"
+	"github.com/sony/gobreaker/v2"
+)
+
+// Connector opens PostgreSQL connections with credentials from a secret.
+// Use it with sql.OpenDB; sql.Open("pgsecrets", dsn) builds one for you.
+// It is safe for concurrent use. Close (which database/sql calls from
+// DB.Close) stops its background work.
+type Connector struct {
+	cfg   *Config
+	base  pq.Config // the DSN as lib/pq parsed it, never holding a password
+	log   *slog.Logger
+	entry *entry
+	guard *guard
+	pol   policy
+
+	hostSet, portSet, dbSet bool
+
+	stats     counters
+	closed    atomic.Bool
+	closeOnce sync.Once
+}
+
+// NewConnector parses dsn (see ParseDSN) and returns a Connector. It does
+// not contact the store or the database; configuration errors (a bad DSN,
+// no AWS region) are returned here.
+func NewConnector(dsn string, opts ...Option) (*Connector, error) {
+	cfg, err := ParseDSN(dsn)
+	if err != nil {
+		return nil, err
+	}
+	o := options{logger: slog.Default(), breakerOpen: DefaultBreakerOpen}
+	for _, opt := range opts {
+		opt(&o)
+	}
+
+	base, err := pq.NewConfig(cfg.pqDSN(os.Getenv))
+	if err != nil {
+		return nil, &DSNError{Msg: "lib/pq rejected the DSN", Err: err}
+	}
+	// PGPASSWORD may have filled this; the secret's password is set per
+	// connection, and a non-empty password also keeps lib/pq from reading
+	// a passfile.
+	base.Password = ""
+
+	c := &Connector{
+		cfg:     cfg,
+		base:    base,
+		log:     o.logger,
+		hostSet: cfg.has("host", "PGHOST", os.Getenv) || cfg.has("hostaddr", "PGHOSTADDR", os.Getenv),
+		portSet: cfg.has("port", "PGPORT", os.Getenv),
+		dbSet:   cfg.has("dbname", "PGDATABASE", os.Getenv),
+	}
+	c.pol = policy{ttl: cfg.TTL, maxStale: cfg.MaxStale, log: c.log, stats: &c.stats}
+
+	provider, identity := o.provider, ""
+	switch {
+	case provider != nil:
+		identity = fmt.Sprintf("provider:%p", provider)
+	case o.client != nil:
+		identity = fmt.Sprintf("client:%p", o.client)
+		provider = &awsProvider{client: o.client, secretID: cfg.SecretID, usernameKey: cfg.UsernameKey, passwordKey: cfg.PasswordKey}
+	default:
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		client, err := newAWSClient(ctx, cfg)
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+		identity = "sdk:" + client.Options().Region + "|" + cfg.Endpoint
+		provider = &awsProvider{client: client, secretID: cfg.SecretID, usernameKey: cfg.UsernameKey, passwordKey: cfg.PasswordKey}
+	}
+	key := fmt.Sprintf("%s|%s|%s|%s|%s", identity, cfg.SecretID, cfg.VersionStage, cfg.UsernameKey, cfg.PasswordKey)
+	c.entry = acquireEntry(key, cfg.SecretID, cfg.VersionStage, provider)
+	target := fmt.Sprintf("%s|%d|%s|%v", base.Host, base.Port, base.Database, base.Multi)
+	c.guard = c.entry.guardFor(target, o.breakerOpen, c.log)
+
+	if !cfg.Password.IsZero() {
+		c.log.Warn(EventDSNPassword, "secret_id", cfg.SecretID)
+	}
+	return c, nil
+}
+
+// Driver returns the pgsecrets driver.
+func (c *Connector) Driver() driver.Driver { return &Driver{} }
+
+// Close stops the connector's background work. The credential cache of its
+// secret is dropped when the last connector using it closes.
+func (c *Connector) Close() error {
+	c.closeOnce.Do(func() {
+		c.closed.Store(true)
+		c.entry.release()
+	})
+	return nil
+}
+
+// Config returns a copy of the parsed configuration.
+func (c *Connector) Config() Config {
+	cp := *c.cfg
+	cp.Params = append([]Param(nil), c.cfg.Params...)
+	return cp
+}
+
+var errClosed = errors.New("pgsecrets: connector closed")
+
+// Connect opens a connection: credentials from the cache (fetched once for
+// all concurrent callers when needed), then lib/pq. On an authentication
+// failure it recovers within the same call (see recover). It returns
+// lib/pq's own connection, so queries run on lib/pq alone.
+func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
+	if c.closed.Load() {
+		return nil, errClosed
+	}
+	conn, err := c.guard.cb.Execute(func() (driver.Conn, error) { return c.connect(ctx) })
+	if errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests) {
+		c.stats.breakerRejects.Add(1)
+		return nil, c.guard.openError(c.cfg.SecretID)
+	}
+	return conn, err
+}
+
+func (c *Connector) connect(ctx context.Context) (driver.Conn, error) {
+	creds, err := c.entry.get(ctx, c.pol)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := c.dial(ctx, creds)
+	if err == nil {
+		return conn, nil
+	}
+	state, ok := authFailure(err)
+	if !ok {
+		return nil, err
+	}
+	c.stats.authFailures.Add(1)
+	c.log.Info(EventAuthFailed, "secret_id", c.cfg.SecretID, "stage", creds.Stage, "version_id", creds.VersionID,
+		"user", creds.Username, "sqlstate", state)
+	good, err := c.recover(ctx, creds, state, err)
+	if err != nil {
+		return nil, err
+	}
+	conn, err = c.dial(ctx, good)
+	if err != nil {
+		if state, ok := authFailure(err); ok {
+			return nil, &SecretError{Kind: ErrAuthFailed, SecretID: c.cfg.SecretID, Stage: good.Stage,
+				VersionID: good.VersionID, SQLState: state, Err: err,
+				Detail: "credentials that had just logged in were rejected (rotated again meanwhile?)"}
+		}
+		return nil, err
+	}
+	c.stats.recovered.Add(1)
+	return conn, nil
+}
+
+// dial logs in with creds on a clone of the DSN's configuration.
+func (c *Connector) dial(ctx context.Context, creds *Credentials) (driver.Conn, error) {
+	cfg := c.base.Clone()
+	cfg.User = creds.Username
+	cfg.Password = creds.Password.Reveal()
+	if !c.hostSet && creds.Host != "" {
+		cfg.Host = creds.Host
+	}
+	if !c.portSet && creds.Port != 0 {
+		cfg.Port = creds.Port
+	}
+	if !c.dbSet && creds.DBName != "" {
+		cfg.Database = creds.DBName
+	}
+	pc, err := pq.NewConnectorConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := pc.Connect(ctx)
+	if err == nil && creds.Stage == stagePending {
+		c.stats.pendingUses.Add(1)
+	}
+	return conn, err
+}
+
+// counters back Stats.
+type counters struct {
+	storeCalls     atomic.Int64
+	cacheHits      atomic.Int64
+	staleServes    atomic.Int64
+	authFailures   atomic.Int64
+	recovered      atomic.Int64
+	pendingUses    atomic.Int64
+	breakerRejects atomic.Int64
+}
+
+var (
+	_ driver.Connector = (*Connector)(nil)
+	_ io.Closer        = (*Connector)(nil)
+)

@@ -1,0 +1,41 @@
+package pgsecrets
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+)
+
+// DriverName is the name pgsecrets registers with database/sql.
+const DriverName = "pgsecrets"
+
+func init() {
+	sql.Register(DriverName, &Driver{})
+}
+
+// Driver is the database/sql driver. sql.Open("pgsecrets", dsn) uses its
+// OpenConnector, so one Connector, and one credential cache, serves the
+// whole *sql.DB.
+type Driver struct{}
+
+// Open opens one connection with a connector of its own. database/sql does
+// not call it (it uses OpenConnector); it exists for code that uses the
+// driver directly, and fetches the secret on every call.
+func (d *Driver) Open(dsn string) (driver.Conn, error) {
+	c, err := NewConnector(dsn)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	return c.Connect(context.Background())
+}
+
+// OpenConnector parses dsn and returns a Connector.
+func (d *Driver) OpenConnector(dsn string) (driver.Connector, error) {
+	return NewConnector(dsn)
+}
+
+var (
+	_ driver.Driver        = (*Driver)(nil)
+	_ driver.DriverContext = (*Driver)(nil)
+)

@@ -1,0 +1,438 @@
+package pgsecrets
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"sort"
+	"strings"
+	"time"
+	"unicode"
+)
+
+// DSN keys that pgsecrets reads and removes before lib/pq sees the DSN.
+const (
+	keySecretID     = "secret_id"
+	keyRegion       = "secret_region"
+	keyEndpoint     = "secret_endpoint"
+	keyVersionStage = "secret_version_stage"
+	keyTTL          = "secret_ttl"
+	keyMaxStale     = "secret_max_stale"
+	keyRetryWindow  = "secret_retry_window"
+	keyUsernameKey  = "secret_username_key"
+	keyPasswordKey  = "secret_password_key"
+)
+
+var secretKeys = []string{
+	keySecretID, keyRegion, keyEndpoint, keyVersionStage, keyTTL,
+	keyMaxStale, keyRetryWindow, keyUsernameKey, keyPasswordKey,
+}
+
+// Defaults for the secret_* keys.
+const (
+	// DefaultTTL is how long a fetched credential is used before it is
+	// fetched again. Rotation does not depend on it (an authentication
+	// failure triggers a refresh at once), so it mainly bounds the store's
+	// request rate and how soon a deliberately changed secret reaches new
+	// connections that still work with the old one.
+	DefaultTTL = 10 * time.Minute
+	// DefaultMaxStale is how long past its TTL a cached credential is still
+	// used while the store is unavailable.
+	DefaultMaxStale = 30 * time.Minute
+	// DefaultRetryWindow bounds how long Connect keeps fetching the secret
+	// again after the database rejected it, waiting for the store to catch
+	// up with a password changed in the database first.
+	DefaultRetryWindow = 30 * time.Second
+	// DefaultVersionStage is the stage fetched for new connections.
+	DefaultVersionStage = "AWSCURRENT"
+)
+
+// Config is a parsed pgsecrets DSN: the secret_* settings, and the rest of
+// the DSN as lib/pq will receive it. Printing a Config never shows the
+// DSN's password.
+type Config struct {
+	// SecretID is the secret's name or ARN (secret_id).
+	SecretID string
+	// Region is the AWS region (secret_region); empty means the ARN's
+	// region, else the SDK's (AWS_REGION, profile).
+	Region string
+	// Endpoint overrides the Secrets Manager endpoint URL (secret_endpoint).
+	Endpoint string
+	// VersionStage is the stage used for new connections
+	// (secret_version_stage, default AWSCURRENT).
+	VersionStage string
+	// TTL is how long a fetched credential is used (secret_ttl).
+	TTL time.Duration
+	// MaxStale is how long past TTL a credential may still be used while
+	// the store is unavailable (secret_max_stale).
+	MaxStale time.Duration
+	// RetryWindow bounds the recovery after an authentication failure
+	// (secret_retry_window).
+	RetryWindow time.Duration
+	// UsernameKey and PasswordKey name the JSON fields of the secret
+	// (secret_username_key, secret_password_key).
+	UsernameKey string
+	PasswordKey string
+
+	// Params are the DSN's other keys, in order, as lib/pq will see them,
+	// without password.
+	Params []Param
+	// Password is a password= left in the DSN. The secret's password is
+	// always used instead.
+	Password Secret
+
+	set map[string]bool // secret_* keys given explicitly
+}
+
+// Param is one key=value pair of the DSN passed through to lib/pq.
+type Param struct {
+	Key   string
+	Value string
+}
+
+// ParseDSN parses a pgsecrets DSN in either form lib/pq accepts
+// (postgres:// URL or key=value with libpq quoting). Errors are *DSNError
+// and match ErrInvalidDSN.
+func ParseDSN(dsn string) (*Config, error) {
+	var (
+		pairs []Param
+		err   error
+	)
+	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
+		pairs, err = parseURL(dsn)
+	} else {
+		pairs, err = parseKeyValue(dsn)
+	}
+	if err != nil {
+		return nil, err
+	}
+	cfg := &Config{
+		VersionStage: DefaultVersionStage,
+		TTL:          DefaultTTL,
+		MaxStale:     DefaultMaxStale,
+		RetryWindow:  DefaultRetryWindow,
+		UsernameKey:  "username",
+		PasswordKey:  "password",
+		set:          map[string]bool{},
+	}
+	for _, p := range pairs {
+		if p.Key == "password" {
+			cfg.Password = NewSecret(p.Value)
+			cfg.dropParam("password")
+			continue
+		}
+		if !strings.HasPrefix(p.Key, "secret_") {
+			cfg.setParam(p.Key, p.Value)
+			continue
+		}
+		if err := cfg.setSecretKey(p.Key, p.Value); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.SecretID == "" {
+		return nil, &DSNError{Key: keySecretID, Msg: "is required: name the secret that holds the database credentials (a name or a full ARN); valid secret keys are " + strings.Join(secretKeys, ", ")}
+	}
+	if cfg.Region == "" {
+		cfg.Region = arnRegion(cfg.SecretID)
+	}
+	return cfg, nil
+}
+
+func (c *Config) setSecretKey(k, v string) error {
+	dur := func() (time.Duration, error) {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return 0, &DSNError{Key: k, Msg: fmt.Sprintf("%q is not a Go duration (e.g. 5m, 30s)", v)}
+		}
+		if d < 0 {
+			return 0, &DSNError{Key: k, Msg: "must not be negative"}
+		}
+		return d, nil
+	}
+	nonEmpty := func() error {
+		if v == "" {
+			return &DSNError{Key: k, Msg: "must not be empty"}
+		}
+		return nil
+	}
+	var err error
+	switch k {
+	case keySecretID:
+		c.SecretID = v
+	case keyRegion:
+		c.Region = v
+	case keyEndpoint:
+		if v != "" {
+			u, perr := url.Parse(v)
+			if perr != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+				return &DSNError{Key: k, Msg: "must be an absolute http or https URL, e.g. https://secretsmanager.us-east-1.amazonaws.com"}
+			}
+		}
+		c.Endpoint = v
+	case keyVersionStage:
+		err = nonEmpty()
+		c.VersionStage = v
+	case keyTTL:
+		c.TTL, err = dur()
+		if err == nil && c.TTL == 0 {
+			err = &DSNError{Key: k, Msg: "must be positive"}
+		}
+	case keyMaxStale:
+		c.MaxStale, err = dur()
+	case keyRetryWindow:
+		c.RetryWindow, err = dur()
+	case keyUsernameKey:
+		err = nonEmpty()
+		c.UsernameKey = v
+	case keyPasswordKey:
+		err = nonEmpty()
+		c.PasswordKey = v
+	default:
+		return &DSNError{Key: k, Msg: "unknown secret key; valid keys are " + strings.Join(secretKeys, ", ")}
+	}
+	c.set[k] = true
+	return err
+}
+
+// param returns the value of a pass-through key.
+func (c *Config) param(k string) (string, bool) {
+	for _, p := range c.Params {
+		if p.Key == k {
+			return p.Value, true
+		}
+	}
+	return "", false
+}
+
+// setParam sets a pass-through key; a repeated key replaces the earlier
+// value, as in lib/pq.
+func (c *Config) setParam(k, v string) {
+	for i := range c.Params {
+		if c.Params[i].Key == k {
+			c.Params[i].Value = v
+			return
+		}
+	}
+	c.Params = append(c.Params, Param{Key: k, Value: v})
+}
+
+func (c *Config) dropParam(k string) {
+	out := c.Params[:0]
+	for _, p := range c.Params {
+		if p.Key != k {
+			out = append(out, p)
+		}
+	}
+	c.Params = out
+}
+
+// FormatDSN formats the configuration back into a key=value DSN that
+// parses to an equivalent Config. A DSN password is written as
+// password=[REDACTED]; the secret's password is used anyway.
+func (c *Config) FormatDSN() string {
+	var parts []string
+	for _, p := range c.Params {
+		parts = append(parts, p.Key+"="+quoteValue(p.Value))
+	}
+	if !c.Password.IsZero() {
+		parts = append(parts, "password="+redacted)
+	}
+	add := func(k, v string, isDefault bool) {
+		if !isDefault || c.set[k] {
+			parts = append(parts, k+"="+quoteValue(v))
+		}
+	}
+	add(keySecretID, c.SecretID, false)
+	add(keyRegion, c.Region, c.Region == "" || c.Region == arnRegion(c.SecretID))
+	add(keyEndpoint, c.Endpoint, c.Endpoint == "")
+	add(keyVersionStage, c.VersionStage, c.VersionStage == DefaultVersionStage)
+	add(keyTTL, c.TTL.String(), c.TTL == DefaultTTL)
+	add(keyMaxStale, c.MaxStale.String(), c.MaxStale == DefaultMaxStale)
+	add(keyRetryWindow, c.RetryWindow.String(), c.RetryWindow == DefaultRetryWindow)
+	add(keyUsernameKey, c.UsernameKey, c.UsernameKey == "username")
+	add(keyPasswordKey, c.PasswordKey, c.PasswordKey == "password")
+	return strings.Join(parts, " ")
+}
+
+// String returns FormatDSN, so printing a Config shows the DSN with the
+// password redacted.
+func (c *Config) String() string { return c.FormatDSN() }
+
+// pqDSN is the DSN handed to lib/pq: the pass-through keys, never a
+// password, and sslmode=require unless the DSN chose otherwise.
+func (c *Config) pqDSN(env func(string) string) string {
+	var parts []string
+	for _, p := range c.Params {
+		parts = append(parts, p.Key+"="+quoteValue(p.Value))
+	}
+	if !c.has("sslmode", "PGSSLMODE", env) {
+		// lib/pq plans to move its default to "prefer"; encryption stays the
+		// default here. sslrootcert=system makes lib/pq choose verify-full.
+		if v, _ := c.param("sslrootcert"); v != "system" && env("PGSSLROOTCERT") != "system" {
+			parts = append(parts, "sslmode=require")
+		}
+	}
+	return strings.Join(parts, " ")
+}
+
+// has reports whether the user set a lib/pq setting, in the DSN or through
+// its PG* environment variable.
+func (c *Config) has(key, envName string, env func(string) string) bool {
+	if _, ok := c.param(key); ok {
+		return true
+	}
+	return envName != "" && env(envName) != ""
+}
+
+// quoteValue quotes a value the way libpq's conninfo parser reads it.
+func quoteValue(v string) string {
+	if v != "" && !strings.ContainsFunc(v, func(r rune) bool {
+		return unicode.IsSpace(r) || r == '\'' || r == '\\' || r == '='
+	}) {
+		return v
+	}
+	var b strings.Builder
+	b.WriteByte('\'')
+	for _, r := range v {
+		if r == '\'' || r == '\\' {
+			b.WriteByte('\\')
+		}
+		b.WriteRune(r)
+	}
+	b.WriteByte('\'')
+	return b.String()
+}
+
+// parseKeyValue reads a libpq conninfo string: key=value pairs separated
+// by whitespace, values optionally single-quoted, backslash escaping the
+// next character. It follows lib/pq's parser so that both accept the same
+// strings.
+func parseKeyValue(dsn string) ([]Param, error) {
+	s := []rune(dsn)
+	i := 0
+	skipSpace := func() {
+		for i < len(s) && unicode.IsSpace(s[i]) {
+			i++
+		}
+	}
+	var out []Param
+	for {
+		skipSpace()
+		if i >= len(s) {
+			return out, nil
+		}
+		start := i
+		for i < len(s) && !unicode.IsSpace(s[i]) && s[i] != '=' {
+			i++
+		}
+		key := string(s[start:i])
+		skipSpace()
+		if i >= len(s) || s[i] != '=' {
+			// The key is not echoed: in a malformed DSN it may be a password.
+			return nil, &DSNError{Msg: fmt.Sprintf("missing \"=\" after the key at character %d", start+1)}
+		}
+		i++ // '='
+		skipSpace()
+		var val []rune
+		switch {
+		case i >= len(s):
+		case s[i] == '\'':
+			i++
+			for {
+				if i >= len(s) {
+					return nil, &DSNError{Key: key, Msg: "unterminated quoted value"}
+				}
+				r := s[i]
+				i++
+				if r == '\'' {
+					break
+				}
+				if r == '\\' {
+					if i >= len(s) {
+						return nil, &DSNError{Key: key, Msg: "unterminated quoted value"}
+					}
+					r = s[i]
+					i++
+				}
+				val = append(val, r)
+			}
+		default:
+			for i < len(s) && !unicode.IsSpace(s[i]) {
+				r := s[i]
+				i++
+				if r == '\\' {
+					if i >= len(s) {
+						return nil, &DSNError{Key: key, Msg: "missing character after backslash"}
+					}
+					r = s[i]
+					i++
+				}
+				val = append(val, r)
+			}
+		}
+		out = append(out, Param{Key: key, Value: string(val)})
+	}
+}
+
+// parseURL turns a postgres:// URL into key/value pairs the way lib/pq
+// does: user info, host and port, the path as dbname, query parameters
+// (first value of each) as keys. Empty values are left out.
+func parseURL(dsn string) ([]Param, error) {
+	u, err := url.Parse(dsn)
+	if err != nil {
+		// url.Error quotes the whole URL, password included: report only
+		// the kind of problem.
+		msg := "cannot parse URL"
+		if ue, ok := err.(*url.Error); ok {
+			msg += ": " + redactURLError(ue.Err.Error())
+		}
+		return nil, &DSNError{Msg: msg}
+	}
+	var out []Param
+	add := func(k, v string) {
+		if v != "" {
+			out = append(out, Param{Key: k, Value: v})
+		}
+	}
+	if u.User != nil {
+		pw, _ := u.User.Password()
+		add("user", u.User.Username())
+		add("password", pw)
+	}
+	if host, port, err := net.SplitHostPort(u.Host); err != nil {
+		add("host", u.Host)
+	} else {
+		add("host", host)
+		add("port", port)
+	}
+	if len(u.Path) > 1 {
+		add("dbname", u.Path[1:])
+	}
+	q := u.Query()
+	keys := make([]string, 0, len(q))
+	for k := range q {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		add(k, q.Get(k))
+	}
+	return out, nil
+}
+
+// redactURLError keeps url's error messages from echoing the input.
+func redactURLError(s string) string {
+	if i := strings.IndexByte(s, '"'); i >= 0 {
+		return strings.TrimSpace(s[:i])
+	}
+	return s
+}
+
+// arnRegion returns the region field of a Secrets Manager ARN, or "".
+func arnRegion(id string) string {
+	parts := strings.SplitN(id, ":", 6)
+	if len(parts) < 6 || parts[0] != "arn" || parts[2] != "secretsmanager" {
+		return ""
+	}
+	return parts[3]
+}

@@ -1,0 +1,194 @@
+package pgsecrets
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/lib/pq"
+)
+
+// Sentinel errors. Every error pgsecrets returns from Connect wraps one of
+// these, so callers can tell them apart with errors.Is; errors.As with
+// *SecretError gives the secret id, field and SQLSTATE.
+var (
+	// ErrSecretNotFound: the secret, or the requested version or stage of
+	// it, does not exist in the store (ResourceNotFoundException).
+	ErrSecretNotFound = errors.New("secret not found")
+	// ErrAccessDenied: the store refused the request (AccessDeniedException,
+	// or a KMS decryption failure).
+	ErrAccessDenied = errors.New("access denied")
+	// ErrMalformedSecret: the secret exists but its content cannot be used:
+	// binary, not JSON, a required field missing or of the wrong type, or
+	// too large.
+	ErrMalformedSecret = errors.New("malformed secret")
+	// ErrStoreUnavailable: the store could not be reached or answered with
+	// a server error, throttling or a timeout. It is the only store error
+	// worth retrying.
+	ErrStoreUnavailable = errors.New("secret store unavailable")
+	// ErrAuthFailed: the database rejected the secret's credentials, and
+	// fetching the secret again (current and pending versions) within the
+	// retry window did not produce credentials it accepts.
+	ErrAuthFailed = errors.New("database rejected the secret's credentials")
+	// ErrCircuitOpen: recent credentials from this secret kept being
+	// rejected, so Connect fails fast without calling the store or the
+	// database until the breaker's open interval has passed.
+	ErrCircuitOpen = errors.New("circuit breaker open")
+	// ErrInvalidDSN: the DSN cannot be parsed or names an unknown or
+	// malformed secret_* key.
+	ErrInvalidDSN = errors.New("invalid DSN")
+)
+
+// SecretError is the error type pgsecrets returns for everything that
+// concerns a secret. Its message names the secret id (and the field or
+// SQLSTATE where relevant) and says what to check; it never contains a
+// secret value.
+type SecretError struct {
+	// Kind is one of the sentinel errors above.
+	Kind error
+	// SecretID is the secret's name or ARN as configured.
+	SecretID string
+	// Stage and VersionID identify the version involved, where known.
+	Stage     string
+	VersionID string
+	// Field is the JSON field at fault, for ErrMalformedSecret.
+	Field string
+	// SQLState is the last SQLSTATE the database answered with, for
+	// ErrAuthFailed and ErrCircuitOpen.
+	SQLState string
+	// Detail says what happened; Hint says what to check.
+	Detail string
+	Hint   string
+	// Err is the underlying error (an SDK or lib/pq error), if any.
+	Err error
+}
+
+func (e *SecretError) Error() string {
+	var b strings.Builder
+	b.WriteString("pgsecrets: secret ")
+	b.WriteString(fmt.Sprintf("%q", e.SecretID))
+	if e.Stage != "" {
+		b.WriteString(" (" + e.Stage)
+		if e.VersionID != "" {
+			b.WriteString(", version " + e.VersionID)
+		}
+		b.WriteString(")")
+	}
+	b.WriteString(": ")
+	b.WriteString(e.Kind.Error())
+	if e.Field != "" {
+		b.WriteString(fmt.Sprintf(": field %q", e.Field))
+	}
+	if e.SQLState != "" {
+		b.WriteString(" (SQLSTATE " + e.SQLState + ")")
+	}
+	if e.Detail != "" {
+		b.WriteString(": " + e.Detail)
+	}
+	if e.Err != nil {
+		b.WriteString(": " + e.Err.Error())
+	}
+	if e.Hint != "" {
+		b.WriteString("; " + e.Hint)
+	}
+	return b.String()
+}
+
+// Unwrap returns the sentinel kind and the underlying error, so errors.Is
+// matches both ErrAuthFailed and, say, a *pq.Error through errors.As.
+func (e *SecretError) Unwrap() []error {
+	if e.Err == nil {
+		return []error{e.Kind}
+	}
+	return []error{e.Kind, e.Err}
+}
+
+// Temporary reports whether retrying later can succeed without anyone
+// changing the configuration: true for an unavailable store and an open
+// circuit breaker.
+func (e *SecretError) Temporary() bool {
+	return e.Kind == ErrStoreUnavailable || e.Kind == ErrCircuitOpen
+}
+
+// DSNError reports a problem with the DSN given to sql.Open or
+// NewConnector. It never contains the DSN's password.
+type DSNError struct {
+	// Key is the offending key, if the problem is with one key.
+	Key string
+	// Msg says what is wrong.
+	Msg string
+	// Err is the underlying parse error, if any.
+	Err error
+}
+
+func (e *DSNError) Error() string {
+	var b strings.Builder
+	b.WriteString("pgsecrets: invalid DSN")
+	if e.Key != "" {
+		b.WriteString(": key " + e.Key)
+	}
+	if e.Msg != "" {
+		b.WriteString(": " + e.Msg)
+	}
+	if e.Err != nil {
+		b.WriteString(": " + e.Err.Error())
+	}
+	return b.String()
+}
+
+// Is makes errors.Is(err, ErrInvalidDSN) true.
+func (e *DSNError) Is(target error) bool { return target == ErrInvalidDSN }
+
+// Unwrap returns the underlying parse error.
+func (e *DSNError) Unwrap() error { return e.Err }
+
+// Authentication failures, by SQLSTATE: invalid_password and
+// invalid_authorization_specification (no pg_hba entry, or what some
+// managed services send for a bad password).
+const (
+	sqlStateInvalidPassword = "28P01"
+	sqlStateInvalidAuthSpec = "28000"
+)
+
+// authFailure returns the SQLSTATE if err is a database authentication
+// failure. It looks through wrapping and errors.Join (lib/pq joins per-host
+// errors for multi-host DSNs) and never at message text.
+func authFailure(err error) (string, bool) {
+	if err == nil {
+		return "", false
+	}
+	var pqErr *pq.Error
+	if errors.As(err, &pqErr) {
+		switch code := string(pqErr.Code); code {
+		case sqlStateInvalidPassword, sqlStateInvalidAuthSpec:
+			return code, true
+		}
+	}
+	// Anything else that reports a SQLSTATE (a wrapper of another driver's
+	// error, for instance).
+	var st interface{ SQLState() string }
+	if errors.As(err, &st) {
+		switch code := st.SQLState(); code {
+		case sqlStateInvalidPassword, sqlStateInvalidAuthSpec:
+			return code, true
+		}
+	}
+	// errors.As stops at the first match in a join; look at each branch so
+	// that a second host's auth failure is not hidden behind the first
+	// host's connection error.
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		for _, e := range j.Unwrap() {
+			if code, ok := authFailure(e); ok {
+				return code, true
+			}
+		}
+	}
+	return "", false
+}
+
+// isContextErr reports whether err comes from a cancelled or expired
+// context.
+func isContextErr(err error) bool {
+	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
+}

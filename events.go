@@ -1,0 +1,40 @@
+package pgsecrets
+
+// Log events. pgsecrets logs through log/slog with these messages (stable:
+// match on them) and only these attributes: secret_id, stage, version_id,
+// previous_version_id, sqlstate, error_kind, user, host, dbname, durations
+// and counts. No attribute ever holds a password.
+const (
+	// Debug: one store call succeeded.
+	EventFetched = "pgsecrets: secret fetched"
+	// Warn (Debug for a missing AWSPENDING version and for calls during
+	// an outage already reported): one store call failed.
+	EventFetchFailed = "pgsecrets: secret fetch failed"
+	// Warn, once per outage: the store is failing; cached credentials are
+	// used while within secret_ttl + secret_max_stale.
+	EventStoreUnavailable = "pgsecrets: secret store unavailable"
+	// Info: the first successful call after an outage.
+	EventStoreRecovered = "pgsecrets: secret store reachable again"
+	// Debug: a credential past its TTL was used because the store is
+	// failing.
+	EventServingStale = "pgsecrets: serving cached credential past its ttl"
+	// Info: a fetch returned a new version of the secret.
+	EventRotationPickedUp = "pgsecrets: rotation picked up"
+	// Info: the database rejected the credentials (28P01/28000); recovery
+	// starts.
+	EventAuthFailed = "pgsecrets: database rejected credentials, recovering"
+	// Info: recovery found credentials the database accepts.
+	EventRecovered = "pgsecrets: recovered after authentication failure"
+	// Info: the AWSPENDING version works and is used for new connections
+	// until the configured stage catches up.
+	EventUsingPending = "pgsecrets: using pending version"
+	// Warn: recovery ran out of its window without working credentials.
+	EventRecoveryFailed = "pgsecrets: recovery failed"
+	// Warn: the circuit breaker opened; Connect fails fast.
+	EventBreakerOpen = "pgsecrets: circuit breaker open"
+	// Info: the circuit breaker closed again.
+	EventBreakerClosed = "pgsecrets: circuit breaker closed"
+	// Warn, once per connector: the DSN carries password=, which is
+	// ignored in favour of the secret's.
+	EventDSNPassword = "pgsecrets: dsn password ignored"
+)

@@ -1,0 +1,219 @@
+package pgsecrets
+
+import (
+	"context"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/sony/gobreaker/v2"
+	"golang.org/x/sync/singleflight"
+)
+
+// Recovery pacing: the first pause after a round that found nothing new,
+// doubling up to recoveryStepMax, jittered. Store calls are also spaced by
+// minCallInterval, so a round costs at most two store calls and two logins.
+const (
+	recoveryStepBase = 100 * time.Millisecond
+	recoveryStepMax  = 2 * time.Second
+)
+
+// guard protects one database target reached with one secret: a circuit
+// breaker around Connect and a single recovery at a time, both shared by
+// every connector of the process with that secret and target.
+type guard struct {
+	cb        *gobreaker.CircuitBreaker[driver.Conn]
+	sf        singleflight.Group
+	lastState atomic.Value // string: the last SQLSTATE that failed a recovery
+	opens     atomic.Int64
+	openFor   time.Duration
+}
+
+func (e *entry) guardFor(target string, openFor time.Duration, log *slog.Logger) *guard {
+	if g, ok := e.breakers.Load(target); ok {
+		return g.(*guard)
+	}
+	g := &guard{openFor: openFor}
+	g.lastState.Store("")
+	secretID := e.secretID
+	g.cb = gobreaker.NewCircuitBreaker[driver.Conn](gobreaker.Settings{
+		Name:        secretID,
+		MaxRequests: 1,
+		Timeout:     openFor,
+		// A failure here is a whole recovery that found no credentials the
+		// database accepts: already many attempts, so one is enough.
+		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= 1 },
+		// Only rejected credentials count. A caller giving up, a store
+		// outage or an unreachable server says nothing about them.
+		IsExcluded: func(err error) bool { return !errors.Is(err, ErrAuthFailed) },
+		OnStateChange: func(_ string, from, to gobreaker.State) {
+			switch to {
+			case gobreaker.StateOpen:
+				if from == gobreaker.StateClosed {
+					g.opens.Add(1)
+				}
+				log.Warn(EventBreakerOpen, "secret_id", secretID, "sqlstate", g.lastState.Load(),
+					"open_for", openFor)
+			case gobreaker.StateClosed:
+				log.Info(EventBreakerClosed, "secret_id", secretID)
+			}
+		},
+	})
+	actual, _ := e.breakers.LoadOrStore(target, g)
+	return actual.(*guard)
+}
+
+func (g *guard) openError(secretID string) error {
+	state, _ := g.lastState.Load().(string)
+	return &SecretError{Kind: ErrCircuitOpen, SecretID: secretID, SQLState: state,
+		Detail: "the database kept rejecting this secret's credentials; not trying again for " + g.openFor.String(),
+		Hint:   "check that the secret's password matches the database role's, then wait for the breaker to probe again"}
+}
+
+// recover finds credentials the database accepts after failed was
+// rejected, within the connector's retry window. One recovery runs at a
+// time per target and every concurrent caller shares its result; a caller
+// whose ctx ends returns ctx.Err() at once.
+//
+// Each round: (1) the cached credentials, if another caller already moved
+// on from failed; (2) the configured stage fetched again; (3) AWSPENDING,
+// which AWS's rotation writes before changing the database. Credentials
+// that already failed are never tried twice, so a wrong secret costs no
+// extra logins, only store calls.
+func (c *Connector) recover(ctx context.Context, failed *Credentials, state string, loginErr error) (*Credentials, error) {
+	e := c.entry
+	ch := make(chan fetchResult, 1)
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return nil, errClosed
+	}
+	e.wg.Add(1)
+	e.mu.Unlock()
+	probing := c.guard.cb.State() == gobreaker.StateHalfOpen
+	go func() {
+		defer e.wg.Done()
+		v, err, _ := c.guard.sf.Do("recover", func() (any, error) {
+			return c.recoverRounds(failed, state, loginErr, probing)
+		})
+		cr, _ := v.(*Credentials)
+		ch <- fetchResult{cr, err}
+	}()
+	select {
+	case r := <-ch:
+		return r.creds, r.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (c *Connector) recoverRounds(failed *Credentials, state string, loginErr error, oneRound bool) (*Credentials, error) {
+	e := c.entry
+	window := c.cfg.RetryWindow
+	ctx, cancel := context.WithTimeout(e.ctx, window)
+	defer cancel()
+	start := time.Now()
+	tried := []*Credentials{failed}
+	seen := func(cr *Credentials) bool {
+		for _, t := range tried {
+			if t.same(cr) {
+				return true
+			}
+		}
+		return false
+	}
+	// try logs in with cr; done reports whether recovery is over (with
+	// success or a non-authentication error).
+	try := func(cr *Credentials) (done bool, err error) {
+		conn, err := c.dial(ctx, cr)
+		if err == nil {
+			_ = conn.Close()
+			return true, nil
+		}
+		if st, ok := authFailure(err); ok {
+			tried = append(tried, cr)
+			state, loginErr = st, err
+			return false, nil
+		}
+		return true, err
+	}
+	found := func(cr *Credentials) *Credentials {
+		c.log.Info(EventRecovered, "secret_id", c.cfg.SecretID, "stage", cr.Stage, "version_id", cr.VersionID,
+			"user", cr.Username, "took", time.Since(start).Round(time.Millisecond))
+		return cr
+	}
+
+	for round := 1; ; round++ {
+		// Another caller may have refreshed the cache already.
+		e.mu.Lock()
+		cached := e.activeLocked()
+		e.mu.Unlock()
+		if cached != nil && !seen(cached) {
+			if done, err := try(cached); done {
+				if err != nil {
+					return nil, err
+				}
+				return found(cached), nil
+			}
+		}
+
+		cur, err := e.fetch(ctx, e.stage, c.pol)
+		switch {
+		case err == nil && !seen(cur):
+			if done, err := try(cur); done {
+				if err != nil {
+					return nil, err
+				}
+				return found(cur), nil
+			}
+		case err != nil && !errors.Is(err, ErrStoreUnavailable) && !isContextErr(err):
+			return nil, err // not found, denied, malformed: no use waiting
+		}
+
+		if e.stage != stagePending {
+			pend, err := e.fetch(ctx, stagePending, c.pol)
+			if err == nil && !seen(pend) {
+				done, derr := try(pend)
+				if done && derr == nil {
+					e.setPending(pend)
+					c.log.Info(EventUsingPending, "secret_id", c.cfg.SecretID, "version_id", pend.VersionID,
+						"user", pend.Username)
+					return found(pend), nil
+				}
+				if done {
+					return nil, derr
+				}
+			}
+		}
+
+		if oneRound || ctx.Err() != nil {
+			break
+		}
+		pause := backoff(recoveryStepBase, recoveryStepMax, round)
+		if dl, ok := ctx.Deadline(); ok && time.Now().Add(pause).After(dl) {
+			break
+		}
+		t := time.NewTimer(pause)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+
+	c.guard.lastState.Store(state)
+	c.log.Warn(EventRecoveryFailed, "secret_id", c.cfg.SecretID, "stage", failed.Stage, "version_id", failed.VersionID,
+		"user", failed.Username, "sqlstate", state, "took", time.Since(start).Round(time.Millisecond),
+		"credentials_tried", len(tried))
+	return nil, &SecretError{Kind: ErrAuthFailed, SecretID: c.cfg.SecretID, Stage: failed.Stage,
+		VersionID: failed.VersionID, SQLState: state, Err: loginErr,
+		Detail: fmt.Sprintf("the database rejected user %q, and fetching the secret again (%s and %s) for %s found no credentials it accepts",
+			failed.Username, e.stage, stagePending, window),
+		Hint: "check that the secret's password matches the database role's, and that pg_hba.conf admits this user and address"}
+}
