@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 	"unicode"
+	"unicode/utf8"
 )
 
 // DSN keys that pgsecrets reads and removes before lib/pq sees the DSN.
@@ -293,11 +294,11 @@ func quoteValue(v string) string {
 	}
 	var b strings.Builder
 	b.WriteByte('\'')
-	for _, r := range v {
-		if r == '\'' || r == '\\' {
+	for i := 0; i < len(v); i++ { // bytewise: keeps invalid UTF-8 as is
+		if v[i] == '\'' || v[i] == '\\' {
 			b.WriteByte('\\')
 		}
-		b.WriteRune(r)
+		b.WriteByte(v[i])
 	}
 	b.WriteByte('\'')
 	return b.String()
@@ -306,71 +307,85 @@ func quoteValue(v string) string {
 // parseKeyValue reads a libpq conninfo string: key=value pairs separated
 // by whitespace, values optionally single-quoted, backslash escaping the
 // next character. It follows lib/pq's parser so that both accept the same
-// strings.
+// strings, and keeps bytes that are not valid UTF-8 as they are.
 func parseKeyValue(dsn string) ([]Param, error) {
-	s := []rune(dsn)
 	i := 0
+	// peek returns the rune at i and its width; invalid bytes have width 1.
+	peek := func() (rune, int) { return utf8.DecodeRuneInString(dsn[i:]) }
 	skipSpace := func() {
-		for i < len(s) && unicode.IsSpace(s[i]) {
-			i++
+		for i < len(dsn) {
+			r, w := peek()
+			if !unicode.IsSpace(r) {
+				return
+			}
+			i += w
 		}
 	}
 	var out []Param
 	for {
 		skipSpace()
-		if i >= len(s) {
+		if i >= len(dsn) {
 			return out, nil
 		}
 		start := i
-		for i < len(s) && !unicode.IsSpace(s[i]) && s[i] != '=' {
-			i++
+		for i < len(dsn) {
+			r, w := peek()
+			if unicode.IsSpace(r) || r == '=' {
+				break
+			}
+			i += w
 		}
-		key := string(s[start:i])
+		key := dsn[start:i]
 		skipSpace()
-		if i >= len(s) || s[i] != '=' {
+		if i >= len(dsn) || dsn[i] != '=' {
 			// The key is not echoed: in a malformed DSN it may be a password.
-			return nil, &DSNError{Msg: fmt.Sprintf("missing \"=\" after the key at character %d", start+1)}
+			return nil, &DSNError{Msg: fmt.Sprintf("missing \"=\" after the key at byte %d", start+1)}
 		}
 		i++ // '='
 		skipSpace()
-		var val []rune
+		var val strings.Builder
 		switch {
-		case i >= len(s):
-		case s[i] == '\'':
+		case i >= len(dsn):
+		case dsn[i] == '\'':
 			i++
 			for {
-				if i >= len(s) {
+				if i >= len(dsn) {
 					return nil, &DSNError{Key: key, Msg: "unterminated quoted value"}
 				}
-				r := s[i]
-				i++
-				if r == '\'' {
+				_, w := peek()
+				c := dsn[i]
+				if c == '\'' {
+					i++
+					break
+				}
+				if c == '\\' {
+					i++
+					if i >= len(dsn) {
+						return nil, &DSNError{Key: key, Msg: "unterminated quoted value"}
+					}
+					_, w = peek()
+				}
+				val.WriteString(dsn[i : i+w])
+				i += w
+			}
+		default:
+			for i < len(dsn) {
+				r, w := peek()
+				if unicode.IsSpace(r) {
 					break
 				}
 				if r == '\\' {
-					if i >= len(s) {
-						return nil, &DSNError{Key: key, Msg: "unterminated quoted value"}
-					}
-					r = s[i]
 					i++
-				}
-				val = append(val, r)
-			}
-		default:
-			for i < len(s) && !unicode.IsSpace(s[i]) {
-				r := s[i]
-				i++
-				if r == '\\' {
-					if i >= len(s) {
+					if i >= len(dsn) {
 						return nil, &DSNError{Key: key, Msg: "missing character after backslash"}
 					}
-					r = s[i]
-					i++
+					_, w = peek()
 				}
-				val = append(val, r)
+				val.WriteString(dsn[i : i+w])
+				i += w
 			}
 		}
-		out = append(out, Param{Key: key, Value: string(val)})
+		out = append(out, Param{Key: key, Value: val.String()})
 	}
 }
 
@@ -415,6 +430,9 @@ func parseURL(dsn string) ([]Param, error) {
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
+		if strings.ContainsFunc(k, func(r rune) bool { return unicode.IsSpace(r) || r == '=' }) {
+			return nil, &DSNError{Msg: "a URL parameter name contains white space or \"=\""}
+		}
 		add(k, q.Get(k))
 	}
 	return out, nil
