@@ -110,13 +110,20 @@ func (r *rig) kv(extra string) string {
 // open opens a *sql.DB through NewConnector with the rig's logger.
 func (r *rig) open(dsn string, opts ...pgsecrets.Option) *sql.DB {
 	r.t.Helper()
+	db, _ := r.openC(dsn, opts...)
+	return db
+}
+
+// openC is open that also returns the connector, for its Stats.
+func (r *rig) openC(dsn string, opts ...pgsecrets.Option) (*sql.DB, *pgsecrets.Connector) {
+	r.t.Helper()
 	c, err := pgsecrets.NewConnector(dsn, append([]pgsecrets.Option{pgsecrets.WithLogger(r.logger)}, opts...)...)
 	if err != nil {
 		r.t.Fatal(err)
 	}
 	db := sql.OpenDB(c)
 	r.t.Cleanup(func() { db.Close() })
-	return db
+	return db, c
 }
 
 func currentUser(t *testing.T, db *sql.DB) string {

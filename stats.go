@@ -1,0 +1,75 @@
+package pgsecrets
+
+import (
+	"time"
+
+	"github.com/sony/gobreaker/v2"
+)
+
+// Stats are a connector's counters, for dashboards and alerts. Counters
+// count since the connector was created; StoreCalls counts only the calls
+// this connector triggered, while the cache itself is shared by every
+// connector of the process that names the same secret.
+type Stats struct {
+	// StoreCalls is the number of requests to the secret store.
+	StoreCalls int64
+	// CacheHits is the number of connections that got credentials from
+	// the cache without waiting for the store.
+	CacheHits int64
+	// StaleServes is the number of connections that used a credential
+	// past its TTL because the store was unavailable.
+	StaleServes int64
+	// AuthFailures is the number of logins the database rejected
+	// (SQLSTATE 28P01 or 28000) before recovery.
+	AuthFailures int64
+	// AuthRecovered is the number of Connect calls that succeeded after an
+	// authentication failure.
+	AuthRecovered int64
+	// PendingUses is the number of connections made with the AWSPENDING
+	// version while the current stage lagged behind a rotation.
+	PendingUses int64
+	// BreakerState is "closed", "half-open" or "open"; BreakerOpens counts
+	// how often it opened and BreakerRejects the Connect calls it failed
+	// fast.
+	BreakerState   string
+	BreakerOpens   int64
+	BreakerRejects int64
+	// LastRefresh is when the configured stage was last fetched; zero
+	// before the first fetch.
+	LastRefresh time.Time
+	// VersionID and Stage identify the secret version new connections use
+	// (Stage is AWSPENDING while a validated pending version is in use).
+	VersionID string
+	Stage     string
+}
+
+// Stats returns the connector's counters. It is safe to call concurrently
+// with everything else.
+func (c *Connector) Stats() Stats {
+	s := Stats{
+		StoreCalls:     c.stats.storeCalls.Load(),
+		CacheHits:      c.stats.cacheHits.Load(),
+		StaleServes:    c.stats.staleServes.Load(),
+		AuthFailures:   c.stats.authFailures.Load(),
+		AuthRecovered:  c.stats.recovered.Load(),
+		PendingUses:    c.stats.pendingUses.Load(),
+		BreakerRejects: c.stats.breakerRejects.Load(),
+		BreakerOpens:   c.guard.opens.Load(),
+	}
+	switch c.guard.cb.State() {
+	case gobreaker.StateOpen:
+		s.BreakerState = "open"
+	case gobreaker.StateHalfOpen:
+		s.BreakerState = "half-open"
+	default:
+		s.BreakerState = "closed"
+	}
+	e := c.entry
+	e.mu.Lock()
+	s.LastRefresh = e.lastRefresh
+	if cr := e.activeLocked(); cr != nil {
+		s.VersionID, s.Stage = cr.VersionID, cr.Stage
+	}
+	e.mu.Unlock()
+	return s
+}
