@@ -138,33 +138,53 @@ func (c *Connector) connect(ctx context.Context) (driver.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	conn, err := c.dial(ctx, creds)
-	if err == nil {
-		return conn, nil
+	var fail failure
+	if f := c.guard.failing.Load(); f != nil && f.creds.same(creds) {
+		// A recovery is already running because these credentials were
+		// rejected: wait for it instead of spending another login.
+		fail = *f
+	} else {
+		conn, err := c.dial(ctx, creds)
+		if err == nil {
+			return conn, nil
+		}
+		state, ok := authFailure(err)
+		if !ok {
+			return nil, err
+		}
+		c.stats.authFailures.Add(1)
+		fail = failure{creds: creds, sqlstate: state, err: err}
 	}
-	state, ok := authFailure(err)
-	if !ok {
-		return nil, err
-	}
-	c.stats.authFailures.Add(1)
-	c.log.Info(EventAuthFailed, "secret_id", c.cfg.SecretID, "stage", creds.Stage, "version_id", creds.VersionID,
-		"user", creds.Username, "sqlstate", state)
-	good, err := c.recover(ctx, creds, state, err)
-	if err != nil {
-		return nil, err
-	}
-	conn, err = c.dial(ctx, good)
-	if err != nil {
-		if state, ok := authFailure(err); ok {
+	// Recover, then log in with what recovery found. If even that is
+	// rejected, the password changed again in between (two rotations in
+	// quick succession): recover again, a bounded number of times.
+	for attempt := 1; ; attempt++ {
+		good, err := c.recover(ctx, fail)
+		if err != nil {
+			return nil, err
+		}
+		conn, err := c.dial(ctx, good)
+		if err == nil {
+			c.stats.recovered.Add(1)
+			return conn, nil
+		}
+		state, ok := authFailure(err)
+		if !ok {
+			return nil, err
+		}
+		c.stats.authFailures.Add(1)
+		if attempt == maxRecoveries {
 			return nil, &SecretError{Kind: ErrAuthFailed, SecretID: c.cfg.SecretID, Stage: good.Stage,
 				VersionID: good.VersionID, SQLState: state, Err: err,
-				Detail: "credentials that had just logged in were rejected (rotated again meanwhile?)"}
+				Detail: fmt.Sprintf("credentials were rejected right after recovery found them working, %d times in a row", attempt)}
 		}
-		return nil, err
+		fail = failure{creds: good, sqlstate: state, err: err}
 	}
-	c.stats.recovered.Add(1)
-	return conn, nil
 }
+
+// maxRecoveries bounds how often one Connect recovers when the credentials
+// recovery found are rejected again at once.
+const maxRecoveries = 3
 
 // dial logs in with creds on a clone of the DSN's configuration.
 func (c *Connector) dial(ctx context.Context, creds *Credentials) (driver.Conn, error) {

@@ -28,6 +28,7 @@ type guard struct {
 	cb        *gobreaker.CircuitBreaker[driver.Conn]
 	sf        singleflight.Group
 	lastState atomic.Value // string: the last SQLSTATE that failed a recovery
+	failing   atomic.Pointer[failure] // what the running recovery started from
 	opens     atomic.Int64
 	openFor   time.Duration
 }
@@ -73,6 +74,13 @@ func (g *guard) openError(secretID string) error {
 		Hint:   "check that the secret's password matches the database role's, then wait for the breaker to probe again"}
 }
 
+// failure is a login the database rejected.
+type failure struct {
+	creds    *Credentials
+	sqlstate string
+	err      error
+}
+
 // recover finds credentials the database accepts after failed was
 // rejected, within the connector's retry window. One recovery runs at a
 // time per target and every concurrent caller shares its result; a caller
@@ -83,7 +91,7 @@ func (g *guard) openError(secretID string) error {
 // which AWS's rotation writes before changing the database. Credentials
 // that already failed are never tried twice, so a wrong secret costs no
 // extra logins, only store calls.
-func (c *Connector) recover(ctx context.Context, failed *Credentials, state string, loginErr error) (*Credentials, error) {
+func (c *Connector) recover(ctx context.Context, f failure) (*Credentials, error) {
 	e := c.entry
 	ch := make(chan fetchResult, 1)
 	e.mu.Lock()
@@ -97,7 +105,9 @@ func (c *Connector) recover(ctx context.Context, failed *Credentials, state stri
 	go func() {
 		defer e.wg.Done()
 		v, err, _ := c.guard.sf.Do("recover", func() (any, error) {
-			return c.recoverRounds(failed, state, loginErr, probing)
+			c.guard.failing.Store(&f)
+			defer c.guard.failing.Store(nil)
+			return c.recoverRounds(f, probing)
 		})
 		cr, _ := v.(*Credentials)
 		ch <- fetchResult{cr, err}
@@ -110,8 +120,11 @@ func (c *Connector) recover(ctx context.Context, failed *Credentials, state stri
 	}
 }
 
-func (c *Connector) recoverRounds(failed *Credentials, state string, loginErr error, oneRound bool) (*Credentials, error) {
+func (c *Connector) recoverRounds(f failure, oneRound bool) (*Credentials, error) {
 	e := c.entry
+	failed, state, loginErr := f.creds, f.sqlstate, f.err
+	c.log.Info(EventAuthFailed, "secret_id", c.cfg.SecretID, "stage", failed.Stage, "version_id", failed.VersionID,
+		"user", failed.Username, "sqlstate", state)
 	window := c.cfg.RetryWindow
 	ctx, cancel := context.WithTimeout(e.ctx, window)
 	defer cancel()

@@ -80,8 +80,9 @@ func (l *load) waitQueries(t *testing.T, n int64) {
 	for l.ok.Load() < target {
 		if l.failed.Load() > 100000 {
 			l.mu.Lock()
-			t.Fatalf("load only fails: %s", strings.Join(l.firstErrs, "\n"))
+			errs := strings.Join(l.firstErrs, "\n")
 			l.mu.Unlock()
+			t.Fatalf("load only fails: %s", errs)
 		}
 		time.Sleep(5 * time.Millisecond) // polling a counter; no event to wait on
 	}
@@ -184,10 +185,12 @@ func TestRotationWrongOrder(t *testing.T) {
 			t.Fatal(err)
 		}
 		time.Sleep(1500 * time.Millisecond) // the operator updates the store late
-		if _, err := r.sm.PutSecretValue(r.secretID, rdsSecret(r.role, pw, nil)); err != nil {
+		v, err := r.sm.PutSecretValue(r.secretID, rdsSecret(r.role, pw, nil))
+		if err != nil {
 			t.Fatal(err)
 		}
 		r.password = pw
+		eventually(t, "the new version in use", func() bool { return c.Stats().VersionID == v })
 		l.waitQueries(t, 200)
 	}
 	l.assertNoFailures(t)
