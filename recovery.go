@@ -27,7 +27,7 @@ const (
 type guard struct {
 	cb        *gobreaker.CircuitBreaker[driver.Conn]
 	sf        singleflight.Group
-	lastState atomic.Value // string: the last SQLSTATE that failed a recovery
+	lastState atomic.Value            // string: the last SQLSTATE that failed a recovery
 	failing   atomic.Pointer[failure] // what the running recovery started from
 	opens     atomic.Int64
 	openFor   time.Duration
