@@ -26,11 +26,13 @@ type awsProvider struct {
 	passwordKey string
 }
 
-// newAWSClient builds a Secrets Manager client from the SDK's default
-// configuration chain (environment, shared files, web identity, ECS, EC2),
-// once per connector. The SDK does not retry: the cache does, with its own
-// backoff, so that a failing store sees a bounded request rate.
-func newAWSClient(ctx context.Context, cfg *Config) (*secretsmanager.Client, error) {
+// NewSecretsManagerClient builds the Secrets Manager client a connector
+// uses for cfg: the SDK's default configuration chain (environment, shared
+// files, web identity, ECS, EC2), cfg.Region and cfg.Endpoint applied.
+// Connectors build one each, once. Its requests are not retried by the SDK:
+// the cache retries with its own backoff, so a failing store sees a bounded
+// request rate.
+func NewSecretsManagerClient(ctx context.Context, cfg *Config) (*secretsmanager.Client, error) {
 	var opts []func(*config.LoadOptions) error
 	if cfg.Region != "" {
 		opts = append(opts, config.WithRegion(cfg.Region))
@@ -50,6 +52,15 @@ func newAWSClient(ctx context.Context, cfg *Config) (*secretsmanager.Client, err
 	}), nil
 }
 
+// NewSecretsManagerProvider returns the Provider pgsecrets uses for AWS
+// Secrets Manager: it reads cfg.SecretID at a stage with client and parses
+// it with cfg.UsernameKey and cfg.PasswordKey. Its errors are *SecretError
+// values of the kinds documented in errors.go, with hints.
+func NewSecretsManagerProvider(client SecretsManagerClient, cfg *Config) Provider {
+	return &awsProvider{client: client, secretID: cfg.SecretID, usernameKey: cfg.UsernameKey, passwordKey: cfg.PasswordKey}
+}
+
+// Fetch reads the secret at stage.
 func (p *awsProvider) Fetch(ctx context.Context, stage string) (*Credentials, error) {
 	out, err := p.client.GetSecretValue(ctx, &secretsmanager.GetSecretValueInput{
 		SecretId:     aws.String(p.secretID),

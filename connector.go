@@ -73,16 +73,16 @@ func NewConnector(dsn string, opts ...Option) (*Connector, error) {
 		identity = fmt.Sprintf("provider:%p", provider)
 	case o.client != nil:
 		identity = fmt.Sprintf("client:%p", o.client)
-		provider = &awsProvider{client: o.client, secretID: cfg.SecretID, usernameKey: cfg.UsernameKey, passwordKey: cfg.PasswordKey}
+		provider = NewSecretsManagerProvider(o.client, cfg)
 	default:
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		client, err := newAWSClient(ctx, cfg)
+		client, err := NewSecretsManagerClient(ctx, cfg)
 		cancel()
 		if err != nil {
 			return nil, err
 		}
 		identity = "sdk:" + client.Options().Region + "|" + cfg.Endpoint
-		provider = &awsProvider{client: client, secretID: cfg.SecretID, usernameKey: cfg.UsernameKey, passwordKey: cfg.PasswordKey}
+		provider = NewSecretsManagerProvider(client, cfg)
 	}
 	key := fmt.Sprintf("%s|%s|%s|%s|%s", identity, cfg.SecretID, cfg.VersionStage, cfg.UsernameKey, cfg.PasswordKey)
 	c.entry = acquireEntry(key, cfg.SecretID, cfg.VersionStage, provider)
