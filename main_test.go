@@ -51,7 +51,7 @@ func TestMain(m *testing.M) {
 // rig is one test's world: a role with a random password in the shared
 // PostgreSQL, and a Secrets Manager of its own holding that role's secret.
 type rig struct {
-	t        *testing.T
+	t        testing.TB
 	pg       *testdb.Cluster
 	sm       *smtest.Server
 	role     string
@@ -63,7 +63,7 @@ type rig struct {
 
 var roleSeq atomic.Int64
 
-func newRig(t *testing.T) *rig {
+func newRig(t testing.TB) *rig {
 	t.Helper()
 	pg := testdb.Shared(t)
 	r := &rig{t: t, pg: pg, sm: smtest.Start(t), logs: &syncBuffer{}}
