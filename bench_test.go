@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"testing"
+	"time"
 
 	"github.com/lib/pq"
 	"github.com/pgsecrets/pgsecrets"
@@ -63,15 +64,82 @@ func BenchmarkSelect1(b *testing.B) {
 		name string
 		c    driver.Connector
 	}{{"driver=pq", plain}, {"driver=pgsecrets", ours}} {
+		// One pool per driver for all of b.Run's rounds: closing it would
+		// close the pgsecrets connector.
+		db := sql.OpenDB(bc.c)
+		b.Cleanup(func() { db.Close() })
+		db.SetMaxOpenConns(1)
 		b.Run(bc.name, func(b *testing.B) {
-			db := sql.OpenDB(bc.c)
-			defer db.Close()
-			db.SetMaxOpenConns(1)
 			var one int
 			for b.Loop() {
 				if err := db.QueryRow("SELECT 1").Scan(&one); err != nil {
 					b.Fatal(err)
 				}
+			}
+		})
+	}
+}
+
+// BenchmarkConnectAfterRotation: a new connection right after the password
+// changed in the database, the cache still holding the old one, so Connect
+// recovers (login fails, store read, login). Compare with
+// BenchmarkConnect. Slow to run (each round waits out the store-call
+// spacing that rotations far apart would give):
+//
+//	go test -run '^$' -bench ConnectAfterRotation -benchtime 20x .
+func BenchmarkConnectAfterRotation(b *testing.B) {
+	for _, kind := range []string{"four-step", "wrong-order"} {
+		b.Run("rotation="+kind, func(b *testing.B) {
+			r := newRig(b)
+			c, err := pgsecrets.NewConnector(r.kv("secret_ttl=1h"), pgsecrets.WithLogger(r.logger))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			ctx := context.Background()
+			connect := func() {
+				conn, err := c.Connect(ctx)
+				if err != nil {
+					b.Fatal(err)
+				}
+				conn.Close()
+			}
+			connect()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				b.StopTimer()
+				// Rotations are minutes apart in life; here, wait out the
+				// spacing of store calls so that it is not what is measured.
+				time.Sleep(600 * time.Millisecond)
+				pw := randomPassword()
+				var pending string
+				if kind == "four-step" {
+					if pending, err = r.sm.PutSecretValue(r.secretID, rdsSecret(r.role, pw, nil), "AWSPENDING"); err != nil {
+						b.Fatal(err)
+					}
+				}
+				if err := r.pg.SetPassword(ctx, r.role, pw); err != nil {
+					b.Fatal(err)
+				}
+				if kind == "wrong-order" {
+					if _, err := r.sm.PutSecretValue(r.secretID, rdsSecret(r.role, pw, nil)); err != nil {
+						b.Fatal(err)
+					}
+				}
+				b.StartTimer()
+				connect()
+				b.StopTimer()
+				if kind == "four-step" {
+					old, _, _ := r.sm.Version(r.secretID, "AWSCURRENT")
+					if err := r.sm.UpdateStage(r.secretID, "AWSCURRENT", pending, old); err != nil {
+						b.Fatal(err)
+					}
+					if err := r.sm.UpdateStage(r.secretID, "AWSPENDING", "", pending); err != nil {
+						b.Fatal(err)
+					}
+				}
+				r.password = pw
+				b.StartTimer()
 			}
 		})
 	}

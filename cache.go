@@ -14,9 +14,11 @@ import (
 
 // Store call pacing, per secret, for the whole process.
 const (
-	// minCallInterval spaces any two store calls for one secret: at most
-	// four per second, whatever the concurrency.
-	minCallInterval = 250 * time.Millisecond
+	// minCallInterval spaces two store calls for the same secret and
+	// stage. Recovery reads two stages (the configured one and
+	// AWSPENDING), so a secret sees at most four calls per second, whatever
+	// the concurrency, while one recovery round can read both at once.
+	minCallInterval = 500 * time.Millisecond
 	// Failure backoff: the first retry after a failed call waits about
 	// backoffBase, doubling per consecutive failure up to backoffMax,
 	// jittered by ±20%, so a store that is down sees under 3 calls/s.
@@ -56,9 +58,9 @@ type entry struct {
 	closed      bool
 	cur         *Credentials // last version fetched at stage
 	fetchedAt   time.Time
-	pending     *Credentials // a validated AWSPENDING version, used until stage catches up
-	lastCall    time.Time
-	nextCall    time.Time // earliest next call after failures
+	pending     *Credentials         // a validated AWSPENDING version, used until stage catches up
+	lastCall    map[string]time.Time // per stage
+	nextCall    time.Time            // earliest next call after failures
 	failures    int
 	refreshing  bool
 	outage      bool // the store is failing; warned once
@@ -76,7 +78,8 @@ func acquireEntry(key, secretID, stage string, p Provider) *entry {
 		return e
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	e := &entry{key: key, secretID: secretID, stage: stage, provider: p, ctx: ctx, cancel: cancel, refs: 1}
+	e := &entry{key: key, secretID: secretID, stage: stage, provider: p, ctx: ctx, cancel: cancel, refs: 1,
+		lastCall: map[string]time.Time{}}
 	registry.m[key] = e
 	return e
 }
@@ -220,7 +223,7 @@ func (e *entry) fetch(ctx context.Context, stage string, pol policy) (*Credentia
 // call paces and performs one store call and records its outcome.
 func (e *entry) call(stage string, pol policy) (*Credentials, error) {
 	e.mu.Lock()
-	wait := time.Until(later(e.nextCall, e.lastCall.Add(minCallInterval)))
+	wait := time.Until(later(e.nextCall, e.lastCall[stage].Add(minCallInterval)))
 	e.mu.Unlock()
 	if wait > 0 {
 		t := time.NewTimer(wait)
@@ -232,7 +235,7 @@ func (e *entry) call(stage string, pol policy) (*Credentials, error) {
 		}
 	}
 	e.mu.Lock()
-	e.lastCall = time.Now()
+	e.lastCall[stage] = time.Now()
 	e.mu.Unlock()
 
 	ctx, cancel := context.WithTimeout(e.ctx, storeTimeout)
