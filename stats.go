@@ -1,6 +1,7 @@
 package pgsecrets
 
 import (
+	"encoding/json"
 	"time"
 
 	"github.com/sony/gobreaker/v2"
@@ -72,4 +73,10 @@ func (c *Connector) Stats() Stats {
 	}
 	e.mu.Unlock()
 	return s
+}
+
+// String returns the stats as JSON (expvar.Var).
+func (s Stats) String() string {
+	b, _ := json.Marshal(s)
+	return string(b)
 }

@@ -70,3 +70,7 @@ func Shared(tb testing.TB) *Cluster {
 	tb.Fatal("testdb: no PostgreSQL cluster: call testdb.RunMain from TestMain")
 	return nil
 }
+
+// Current returns the cluster RunMain started, or nil: for code that has
+// no testing.TB, such as runnable examples.
+func Current() *Cluster { return shared }

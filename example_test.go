@@ -1,0 +1,152 @@
+package pgsecrets_test
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"expvar"
+	"fmt"
+	"log"
+	"log/slog"
+	"os"
+
+	"github.com/pgsecrets/pgsecrets"
+	"github.com/pgsecrets/pgsecrets/internal/testdb"
+	"github.com/pgsecrets/pgsecrets/smtest"
+)
+
+// exampleWorld starts what a real deployment already has: a database role
+// and its secret. The examples print nothing about it.
+func exampleWorld(role string) (dsn string, sm *smtest.Server, cleanup func()) {
+	pg := testdb.Current()
+	if pg == nil {
+		log.Fatal("examples need PostgreSQL: see internal/testdb")
+	}
+	sm = smtest.NewServer()
+	pw := "example-" + role + "-pw"
+	if err := pg.CreateRole(context.Background(), role, pw); err != nil {
+		log.Fatal(err)
+	}
+	sm.CreateSecret("prod/"+role, fmt.Sprintf(`{"username":%q,"password":%q,"engine":"postgres"}`, role, pw))
+	dsn = fmt.Sprintf("postgres://%s:%d/postgres?sslmode=verify-full&sslrootcert=%s&secret_id=prod/%s&secret_endpoint=%s",
+		pg.Host(), pg.Port(), pg.CAFile(), role, sm.URL())
+	return dsn, sm, func() {
+		sm.Close()
+		_ = pg.DropRole(context.Background(), role)
+	}
+}
+
+// Replace sql.Open("postgres", dsn) with sql.Open("pgsecrets", dsn), drop
+// the password from the DSN and name the secret.
+func Example() {
+	dsn, _, cleanup := exampleWorld("orders_app")
+	defer cleanup()
+
+	db, err := sql.Open("pgsecrets", dsn)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer db.Close()
+
+	var user string
+	if err := db.QueryRow("SELECT current_user").Scan(&user); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("connected as", user)
+	// Output: connected as orders_app
+}
+
+// Open also sets a connection lifetime derived from secret_ttl.
+func ExampleOpen() {
+	dsn, _, cleanup := exampleWorld("billing_app")
+	defer cleanup()
+
+	db, err := pgsecrets.Open(dsn + "&secret_ttl=15m")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer db.Close()
+	if err := db.Ping(); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("ok")
+	// Output: ok
+}
+
+// A connector with your own logger and your own Secrets Manager client.
+func ExampleNewConnector() {
+	dsn, sm, cleanup := exampleWorld("reports_app")
+	defer cleanup()
+
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	connector, err := pgsecrets.NewConnector(dsn,
+		pgsecrets.WithLogger(logger),
+		pgsecrets.WithSecretsManagerClient(sm.Client()), // e.g. secretsmanager.NewFromConfig(yourAWSConfig)
+	)
+	if err != nil {
+		log.Fatal(err)
+	}
+	db := sql.OpenDB(connector)
+	defer db.Close()
+	db.SetConnMaxLifetime(connector.ConnMaxLifetime())
+
+	var n int
+	if err := db.QueryRow("SELECT 40 + 2").Scan(&n); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(n)
+	// Output: 42
+}
+
+// Publish the connector's counters with expvar (served at /debug/vars by
+// net/http's default mux).
+func ExampleConnector_Stats() {
+	dsn, _, cleanup := exampleWorld("metrics_app")
+	defer cleanup()
+
+	connector, err := pgsecrets.NewConnector(dsn)
+	if err != nil {
+		log.Fatal(err)
+	}
+	db := sql.OpenDB(connector)
+	defer db.Close()
+	if expvar.Get("pgsecrets") == nil {
+		expvar.Publish("pgsecrets", expvar.Func(func() any { return connector.Stats() }))
+	}
+	if err := db.Ping(); err != nil {
+		log.Fatal(err)
+	}
+
+	var st pgsecrets.Stats
+	if err := json.Unmarshal([]byte(connector.Stats().String()), &st); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("store calls:", st.StoreCalls, "breaker:", st.BreakerState)
+	// Output: store calls: 1 breaker: closed
+}
+
+// ParseDSN splits the secret_* keys from what lib/pq gets; a parsed DSN
+// prints with its password redacted.
+func ExampleParseDSN() {
+	cfg, err := pgsecrets.ParseDSN("postgres://app:hunter2@db.internal/orders?sslmode=verify-full&secret_id=prod/orders&secret_ttl=5m")
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(cfg.SecretID, cfg.TTL)
+	fmt.Println(cfg)
+	// Output:
+	// prod/orders 5m0s
+	// user=app host=db.internal dbname=orders sslmode=verify-full password=[REDACTED] secret_id=prod/orders secret_ttl=5m0s
+}
+
+func ExampleSecret() {
+	pw := pgsecrets.NewSecret("hunter2")
+	fmt.Println(pw)
+	fmt.Printf("%#v %q\n", pw, pw)
+	b, _ := json.Marshal(map[string]any{"password": pw})
+	fmt.Println(string(b))
+	// Output:
+	// [REDACTED]
+	// [REDACTED] "[REDACTED]"
+	// {"password":"[REDACTED]"}
+}
