@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
 	"github.com/aws/smithy-go"
@@ -33,7 +35,13 @@ type awsProvider struct {
 // the cache retries with its own backoff, so a failing store sees a bounded
 // request rate.
 func NewSecretsManagerClient(ctx context.Context, cfg *Config) (*secretsmanager.Client, error) {
-	var opts []func(*config.LoadOptions) error
+	// Store calls are rare (one per TTL), so no keep-alive: a connection per
+	// call costs nothing noticeable, and no idle connection (with its
+	// goroutines) outlives the connector.
+	httpClient := awshttp.NewBuildableClient().WithTransportOptions(func(tr *http.Transport) {
+		tr.DisableKeepAlives = true
+	})
+	opts := []func(*config.LoadOptions) error{config.WithHTTPClient(httpClient)}
 	if cfg.Region != "" {
 		opts = append(opts, config.WithRegion(cfg.Region))
 	}

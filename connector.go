@@ -31,6 +31,7 @@ type Connector struct {
 	hostSet, portSet, dbSet bool
 
 	stats     counters
+	warned    warnings
 	closed    atomic.Bool
 	closeOnce sync.Once
 }
@@ -89,9 +90,7 @@ func NewConnector(dsn string, opts ...Option) (*Connector, error) {
 	target := fmt.Sprintf("%s|%d|%s|%v", base.Host, base.Port, base.Database, base.Multi)
 	c.guard = c.entry.guardFor(target, o.breakerOpen, c.log)
 
-	if !cfg.Password.IsZero() {
-		c.log.Warn(EventDSNPassword, "secret_id", cfg.SecretID)
-	}
+	c.warnAtOpen()
 	return c, nil
 }
 
@@ -138,6 +137,7 @@ func (c *Connector) connect(ctx context.Context) (driver.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
+	c.warnAtConnect(creds)
 	var fail failure
 	if f := c.guard.failing.Load(); f != nil && f.creds.same(creds) {
 		// A recovery is already running because these credentials were

@@ -38,3 +38,20 @@ const (
 	// ignored in favour of the secret's.
 	EventDSNPassword = "pgsecrets: dsn password ignored"
 )
+
+// Configuration warnings, each logged at most once per connector and
+// without any value.
+const (
+	// Warn: sslmode is disable, allow or prefer while a host is neither
+	// loopback nor a Unix socket: the password and the data may cross the
+	// network unencrypted.
+	EventWeakSSLMode = "pgsecrets: connection to a remote host is not required to be encrypted"
+	// Warn: the DSN names a user other than the secret's username; the
+	// secret's is used.
+	EventUserMismatch = "pgsecrets: dsn user differs from the secret's username"
+	// Warn: secret_ttl is longer than secret_max_stale.
+	EventTTLOverMaxStale = "pgsecrets: secret_ttl exceeds secret_max_stale"
+	// Debug: the secret has host, port or dbname and the DSN overrides it
+	// (expected for a read replica that reuses the primary's secret).
+	EventSecretFieldOverridden = "pgsecrets: dsn overrides a connection field of the secret"
+)

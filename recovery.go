@@ -47,9 +47,11 @@ func (e *entry) guardFor(target string, openFor time.Duration, log *slog.Logger)
 		// A failure here is a whole recovery that found no credentials the
 		// database accepts: already many attempts, so one is enough.
 		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= 1 },
-		// Only rejected credentials count. A caller giving up, a store
-		// outage or an unreachable server says nothing about them.
-		IsExcluded: func(err error) bool { return !errors.Is(err, ErrAuthFailed) },
+		// Only fresh credentials being rejected counts. A caller giving up,
+		// a store outage or an unreachable server says nothing about them.
+		IsExcluded: func(err error) bool {
+			return !errors.Is(err, ErrAuthFailed) || errors.Is(err, ErrStoreUnavailable)
+		},
 		OnStateChange: func(_ string, from, to gobreaker.State) {
 			switch to {
 			case gobreaker.StateOpen:
@@ -130,6 +132,7 @@ func (c *Connector) recoverRounds(f failure, oneRound bool) (*Credentials, error
 	defer cancel()
 	start := time.Now()
 	tried := []*Credentials{failed}
+	var storeErr error // the store's last failure, if it kept recovery from fresh credentials
 	seen := func(cr *Credentials) bool {
 		for _, t := range tried {
 			if t.same(cr) {
@@ -174,6 +177,9 @@ func (c *Connector) recoverRounds(f failure, oneRound bool) (*Credentials, error
 		}
 
 		cur, err := e.fetch(ctx, e.stage, c.pol)
+		if errors.Is(err, ErrStoreUnavailable) {
+			storeErr = err
+		}
 		switch {
 		case err == nil && !seen(cur):
 			if done, err := try(cur); done {
@@ -221,11 +227,17 @@ func (c *Connector) recoverRounds(f failure, oneRound bool) (*Credentials, error
 	}
 
 	c.guard.lastState.Store(state)
+	cause := loginErr
+	if len(tried) == 1 && storeErr != nil {
+		// No fresh credentials were rejected: the store kept recovery from
+		// finding any. Say so, and keep the breaker out of it.
+		cause = errors.Join(loginErr, storeErr)
+	}
 	c.log.Warn(EventRecoveryFailed, "secret_id", c.cfg.SecretID, "stage", failed.Stage, "version_id", failed.VersionID,
 		"user", failed.Username, "sqlstate", state, "took", time.Since(start).Round(time.Millisecond),
 		"credentials_tried", len(tried))
 	return nil, &SecretError{Kind: ErrAuthFailed, SecretID: c.cfg.SecretID, Stage: failed.Stage,
-		VersionID: failed.VersionID, SQLState: state, Err: loginErr,
+		VersionID: failed.VersionID, SQLState: state, Err: cause,
 		Detail: fmt.Sprintf("the database rejected user %q, and fetching the secret again (%s and %s) for %s found no credentials it accepts",
 			failed.Username, e.stage, stagePending, window),
 		Hint: "check that the secret's password matches the database role's, and that pg_hba.conf admits this user and address"}
