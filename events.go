@@ -51,6 +51,9 @@ const (
 	EventUserMismatch = "pgsecrets: dsn user differs from the secret's username"
 	// Warn: secret_ttl is longer than secret_max_stale.
 	EventTTLOverMaxStale = "pgsecrets: secret_ttl exceeds secret_max_stale"
+	// Warn, once per connector: PQGO_DEBUG=1 makes lib/pq print every
+	// connection's settings, password included, to stderr.
+	EventLibPQDebug = "pgsecrets: PQGO_DEBUG is set: lib/pq prints passwords to stderr"
 	// Debug: the secret has host, port or dbname and the DSN overrides it
 	// (expected for a read replica that reuses the primary's secret).
 	EventSecretFieldOverridden = "pgsecrets: dsn overrides a connection field of the secret"

@@ -192,6 +192,13 @@ func TestWarningsOncePerConnector(t *testing.T) {
 			t.Errorf("warning carries a value: %s", line)
 		}
 	})
+	t.Run("PQGO_DEBUG", func(t *testing.T) {
+		t.Setenv("PQGO_DEBUG", "1")
+		r.open(r.kv(""))
+		if n := count(pgsecrets.EventLibPQDebug); n != 1 {
+			t.Errorf("%d warnings", n)
+		}
+	})
 	t.Run("ttl over max stale", func(t *testing.T) {
 		pingN(r.open(r.kv("secret_ttl=2h secret_max_stale=1h")), 2)
 		if n := count(pgsecrets.EventTTLOverMaxStale); n != 1 {

@@ -2,6 +2,7 @@ package pgsecrets
 
 import (
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -18,6 +19,9 @@ type warnings struct {
 func (c *Connector) warnAtOpen() {
 	if !c.cfg.Password.IsZero() {
 		c.log.Warn(EventDSNPassword, "secret_id", c.cfg.SecretID)
+	}
+	if os.Getenv("PQGO_DEBUG") == "1" {
+		c.log.Warn(EventLibPQDebug, "secret_id", c.cfg.SecretID)
 	}
 	if c.cfg.TTL > c.cfg.MaxStale {
 		c.log.Warn(EventTTLOverMaxStale, "secret_id", c.cfg.SecretID, "ttl", c.cfg.TTL, "max_stale", c.cfg.MaxStale)
