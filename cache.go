@@ -156,6 +156,7 @@ func (e *entry) get(ctx context.Context, pol policy) (*Credentials, error) {
 	}
 	e.mu.Unlock()
 
+	pol.stats.storeWaits.Add(1)
 	_, err := e.fetch(ctx, e.stage, pol)
 	if err == nil {
 		e.mu.Lock()

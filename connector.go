@@ -215,6 +215,7 @@ func (c *Connector) dial(ctx context.Context, creds *Credentials) (driver.Conn, 
 type counters struct {
 	storeCalls     atomic.Int64
 	cacheHits      atomic.Int64
+	storeWaits     atomic.Int64
 	staleServes    atomic.Int64
 	authFailures   atomic.Int64
 	recovered      atomic.Int64

@@ -237,6 +237,34 @@ func TestRotationAlternatingUsers(t *testing.T) {
 	}
 }
 
+// Under steady use, refreshes run in the background before the TTL ends:
+// no connection waits for the store after the cold start.
+func TestBackgroundRefresh(t *testing.T) {
+	r := newRig(t)
+	db, c := r.openC(r.kv("secret_ttl=2s"))
+	rotationPool(db)
+	l := startLoad(t, db, 8)
+	l.waitQueries(t, 100)
+	waits := c.Stats().StoreWaits // the cold start: up to one per worker
+	// A new version appears; the background refresh picks it up (the old
+	// password still works, so only a refresh can notice).
+	v, err := r.sm.PutSecretValue(r.secretID, rdsSecret(r.role, r.password, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the refresh to pick up the new version", func() bool { return c.Stats().VersionID == v })
+	eventually(t, "a second refresh", func() bool { return r.sm.Calls("GetSecretValue") >= 3 })
+	l.assertNoFailures(t)
+	st := c.Stats()
+	t.Logf("store calls=%d stats %+v", r.sm.Calls("GetSecretValue"), st)
+	if st.StoreWaits != waits {
+		t.Errorf("%d connections waited for the store after the cold start", st.StoreWaits-waits)
+	}
+	if n := r.logs.count(pgsecrets.EventRotationPickedUp); n != 1 {
+		t.Errorf("%q logged %d times", pgsecrets.EventRotationPickedUp, n)
+	}
+}
+
 // callTimes records when each GetSecretValue reached the store.
 func callTimes(sm *smtest.Server) func() []time.Time {
 	var mu sync.Mutex

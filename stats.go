@@ -17,6 +17,11 @@ type Stats struct {
 	// CacheHits is the number of connections that got credentials from
 	// the cache without waiting for the store.
 	CacheHits int64
+	// StoreWaits is the number of connections that waited for a store
+	// call: a cold cache, or a credential past its TTL on an idle
+	// connector. Under steady use it stays at 1: refreshes run in the
+	// background before the TTL ends.
+	StoreWaits int64
 	// StaleServes is the number of connections that used a credential
 	// past its TTL because the store was unavailable.
 	StaleServes int64
@@ -50,6 +55,7 @@ func (c *Connector) Stats() Stats {
 	s := Stats{
 		StoreCalls:     c.stats.storeCalls.Load(),
 		CacheHits:      c.stats.cacheHits.Load(),
+		StoreWaits:     c.stats.storeWaits.Load(),
 		StaleServes:    c.stats.staleServes.Load(),
 		AuthFailures:   c.stats.authFailures.Load(),
 		AuthRecovered:  c.stats.recovered.Load(),
