@@ -92,6 +92,9 @@ func (p *awsProvider) Fetch(ctx context.Context, stage string) (*Credentials, er
 		return nil, err
 	}
 	creds.VersionID, creds.Stage = version, stage
+	if out.CreatedDate != nil {
+		creds.CreatedAt = *out.CreatedDate
+	}
 	return creds, nil
 }
 
@@ -113,6 +116,10 @@ func (p *awsProvider) classify(stage string, err error) error {
 	case "AccessDeniedException":
 		se.Kind = ErrAccessDenied
 		se.Hint = fmt.Sprintf("the AWS identity in use needs secretsmanager:GetSecretValue on %s", p.secretID)
+	case "UnrecognizedClientException", "InvalidClientTokenId", "ExpiredTokenException", "ExpiredToken",
+		"InvalidSignatureException", "SignatureDoesNotMatch", "IncompleteSignature", "IncompleteSignatureException":
+		se.Kind = ErrAccessDenied
+		se.Hint = "the AWS credentials in use are invalid or expired: check the SDK's credential chain (environment, profile, role)"
 	case "DecryptionFailure":
 		se.Kind = ErrAccessDenied
 		se.Hint = "the AWS identity in use needs kms:Decrypt on the secret's KMS key"

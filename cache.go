@@ -29,6 +29,11 @@ const (
 	storeTimeout = 10 * time.Second
 )
 
+// pendingRecheck is how often, while a validated AWSPENDING version is in
+// use, the configured stage is read again (in the background, on use) to
+// notice that the rotation finished.
+const pendingRecheck = 5 * time.Second
+
 // stagePending is the stage AWS's rotation writes the new password to.
 const stagePending = "AWSPENDING"
 
@@ -137,7 +142,9 @@ func (e *entry) get(ctx context.Context, pol policy) (*Credentials, error) {
 	if cred != nil {
 		age = now.Sub(e.fetchedAt)
 		if age < pol.ttl {
-			if age >= pol.ttl-refreshMargin(pol.ttl) {
+			// While a pending version is in use, look for the configured
+			// stage catching up (AWS's finishSecret) every few seconds.
+			if age >= pol.ttl-refreshMargin(pol.ttl) || (e.pending != nil && age >= pendingRecheck) {
 				e.refreshLocked(now, pol)
 			}
 			e.mu.Unlock()
@@ -298,9 +305,10 @@ func (e *entry) call(stage string, pol policy) (*Credentials, error) {
 		pol.log.Info(EventRotationPickedUp, "secret_id", e.secretID, "stage", stage,
 			"version_id", creds.VersionID, "previous_version_id", prev.VersionID)
 	}
-	if e.pending != nil && (creds.VersionID == e.pending.VersionID || prev == nil || creds.VersionID != prev.VersionID) {
-		// The stage caught up with the pending version (or moved on): the
-		// pending version is no longer needed.
+	if e.pending != nil && (creds.VersionID == e.pending.VersionID || creds.CreatedAt.After(e.pending.CreatedAt)) {
+		// The stage caught up with the pending version, or moved past it:
+		// the pending version is no longer needed. (A stage still behind
+		// it, even if it changed, is older than what the database has.)
 		e.pending = nil
 	}
 	return creds, nil

@@ -247,12 +247,25 @@ func (c *Config) FormatDSN() string {
 	add(keyRegion, c.Region, c.Region == "" || c.Region == arnRegion(c.SecretID))
 	add(keyEndpoint, c.Endpoint, c.Endpoint == "")
 	add(keyVersionStage, c.VersionStage, c.VersionStage == DefaultVersionStage)
-	add(keyTTL, c.TTL.String(), c.TTL == DefaultTTL)
-	add(keyMaxStale, c.MaxStale.String(), c.MaxStale == DefaultMaxStale)
-	add(keyRetryWindow, c.RetryWindow.String(), c.RetryWindow == DefaultRetryWindow)
+	add(keyTTL, shortDuration(c.TTL), c.TTL == DefaultTTL)
+	add(keyMaxStale, shortDuration(c.MaxStale), c.MaxStale == DefaultMaxStale)
+	add(keyRetryWindow, shortDuration(c.RetryWindow), c.RetryWindow == DefaultRetryWindow)
 	add(keyUsernameKey, c.UsernameKey, c.UsernameKey == "username")
 	add(keyPasswordKey, c.PasswordKey, c.PasswordKey == "password")
 	return strings.Join(parts, " ")
+}
+
+// shortDuration formats d as time.Duration does, without trailing zero
+// units: 1h rather than 1h0m0s.
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = s[:len(s)-2]
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = s[:len(s)-2]
+	}
+	return s
 }
 
 // String returns FormatDSN, so printing a Config shows the DSN with the

@@ -136,7 +136,7 @@ func ExampleParseDSN() {
 	fmt.Println(cfg)
 	// Output:
 	// prod/orders 5m0s
-	// user=app host=db.internal dbname=orders sslmode=verify-full password=[REDACTED] secret_id=prod/orders secret_ttl=5m0s
+	// user=app host=db.internal dbname=orders sslmode=verify-full password=[REDACTED] secret_id=prod/orders secret_ttl=5m
 }
 
 func ExampleSecret() {

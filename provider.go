@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"strconv"
+	"time"
 )
 
 // Credentials are what a secret yields for one login. Printing them never
@@ -21,6 +22,9 @@ type Credentials struct {
 	// from; they appear in logs and errors.
 	VersionID string
 	Stage     string
+	// CreatedAt is when the version was created, if the store says; it
+	// tells which of two versions is newer.
+	CreatedAt time.Time
 }
 
 // same reports whether two credentials would log in the same way.

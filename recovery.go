@@ -89,8 +89,9 @@ type failure struct {
 // whose ctx ends returns ctx.Err() at once.
 //
 // Each round: (1) the cached credentials, if another caller already moved
-// on from failed; (2) the configured stage fetched again; (3) AWSPENDING,
-// which AWS's rotation writes before changing the database. Credentials
+// on from failed; (2) AWSPENDING, which AWS's rotation writes before
+// changing the database; (3) the configured stage fetched again (a
+// rotation done by hand, the database first). Credentials
 // that already failed are never tried twice, so a wrong secret costs no
 // extra logins, only store calls.
 func (c *Connector) recover(ctx context.Context, f failure) (*Credentials, error) {
@@ -176,22 +177,9 @@ func (c *Connector) recoverRounds(f failure, oneRound bool) (*Credentials, error
 			}
 		}
 
-		cur, err := e.fetch(ctx, e.stage, c.pol)
-		if errors.Is(err, ErrStoreUnavailable) {
-			storeErr = err
-		}
-		switch {
-		case err == nil && !seen(cur):
-			if done, err := try(cur); done {
-				if err != nil {
-					return nil, err
-				}
-				return found(cur), nil
-			}
-		case err != nil && !errors.Is(err, ErrStoreUnavailable) && !isContextErr(err):
-			return nil, err // not found, denied, malformed: no use waiting
-		}
-
+		// AWSPENDING first: during AWS's rotation it is the version the
+		// database has, and its store-call spacing is independent of the
+		// configured stage's, which may just have been read.
 		if e.stage != stagePending {
 			pend, err := e.fetch(ctx, stagePending, c.pol)
 			if err == nil && !seen(pend) {
@@ -206,6 +194,22 @@ func (c *Connector) recoverRounds(f failure, oneRound bool) (*Credentials, error
 					return nil, derr
 				}
 			}
+		}
+
+		cur, err := e.fetch(ctx, e.stage, c.pol)
+		if errors.Is(err, ErrStoreUnavailable) {
+			storeErr = err
+		}
+		switch {
+		case err == nil && !seen(cur):
+			if done, err := try(cur); done {
+				if err != nil {
+					return nil, err
+				}
+				return found(cur), nil
+			}
+		case err != nil && !errors.Is(err, ErrStoreUnavailable) && !isContextErr(err):
+			return nil, err // not found, denied, malformed: no use waiting
 		}
 
 		if oneRound || ctx.Err() != nil {

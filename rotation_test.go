@@ -158,6 +158,11 @@ func TestRotationFourStep(t *testing.T) {
 		last = r.fourStep(t, r.role, 2*time.Second)
 		l.waitQueries(t, 200)
 	}
+	// After finishSecret, the driver goes back to AWSCURRENT by itself.
+	eventually(t, "AWSCURRENT to catch up", func() bool {
+		st := c.Stats()
+		return st.Stage == "AWSCURRENT" && st.VersionID == last
+	})
 	l.assertNoFailures(t)
 	st := c.Stats()
 	t.Logf("queries ok=%d failed=%d; store calls=%d; db login failures=%d; stats %+v",
@@ -169,6 +174,11 @@ func TestRotationFourStep(t *testing.T) {
 		t.Errorf("using version %s, want %s", st.VersionID, last)
 	}
 	if n := r.logs.count(pgsecrets.EventUsingPending); n != 3 {
+		for _, l := range strings.Split(r.logs.String(), "\n") {
+			if strings.Contains(l, "pending") || strings.Contains(l, "rotation") || strings.Contains(l, "recover") {
+				t.Log(l)
+			}
+		}
 		t.Errorf("%q logged %d times, want 3", pgsecrets.EventUsingPending, n)
 	}
 }

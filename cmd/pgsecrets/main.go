@@ -1,0 +1,121 @@
+// Command pgsecrets is the command-line companion of the pgsecrets driver.
+//
+//	pgsecrets demo            watch password rotations cost zero failed queries
+//	pgsecrets check DSN       check a pgsecrets DSN end to end
+//
+// Run "pgsecrets <command> --help" for details.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// Exit statuses.
+const (
+	exitOK          = 0
+	exitFail        = 1
+	exitUsage       = 2
+	exitInterrupted = 130
+)
+
+const usageText = `pgsecrets — tools for the pgsecrets PostgreSQL driver
+
+Usage:
+  pgsecrets demo  [flags]         run a throwaway PostgreSQL and Secrets Manager,
+                                  put load on them and rotate the password while
+                                  it runs: every rotation should cost zero failed
+                                  queries
+  pgsecrets check [flags] DSN     check a pgsecrets DSN end to end: the secret,
+                                  its rotation settings, the login and TLS
+  pgsecrets help [command]        show help
+
+Run "pgsecrets <command> --help" for the command's flags.
+`
+
+// run is the whole program: main only adds os.Args, the standard streams
+// and os.Exit, so tests call run in-process.
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usageText)
+		return exitUsage
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	switch cmd, rest := args[0], args[1:]; cmd {
+	case "demo":
+		return runDemo(ctx, rest, stdout, stderr)
+	case "check":
+		return runCheck(ctx, rest, stdout, stderr)
+	case "help", "-h", "-help", "--help":
+		if len(rest) > 0 {
+			switch rest[0] {
+			case "demo":
+				return runDemo(ctx, []string{"--help"}, stdout, stderr)
+			case "check":
+				return runCheck(ctx, []string{"--help"}, stdout, stderr)
+			}
+			fmt.Fprintf(stderr, "pgsecrets: unknown command %q\n\n%s", rest[0], usageText)
+			return exitUsage
+		}
+		fmt.Fprint(stdout, usageText)
+		return exitOK
+	default:
+		fmt.Fprintf(stderr, "pgsecrets: unknown command %q\n\n%s", cmd, usageText)
+		return exitUsage
+	}
+}
+
+// parseFlags parses flags that may come before or after the positional
+// arguments (Go's flag package stops at the first positional one). It
+// returns the positional arguments, or an exit status when parsing ended
+// the program (help: 0, bad flags: 2).
+func parseFlags(fs *flag.FlagSet, args []string, stdout, stderr io.Writer, help string) ([]string, int, bool) {
+	fs.SetOutput(io.Discard)
+	var pos []string
+	for {
+		err := fs.Parse(args)
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(stdout, help)
+			return nil, exitOK, false
+		}
+		if err != nil {
+			// The flag package's messages quote the flag, never a value
+			// that could be a DSN with a password.
+			fmt.Fprintf(stderr, "pgsecrets %s: %v\nRun \"pgsecrets %s --help\" for usage.\n", fs.Name(), err, fs.Name())
+			return nil, exitUsage, false
+		}
+		if fs.NArg() == 0 {
+			return pos, 0, true
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+}
+
+// usageError prints a usage problem and returns the usage exit status.
+func usageError(stderr io.Writer, cmd, format string, a ...any) int {
+	fmt.Fprintf(stderr, "pgsecrets %s: %s\nRun \"pgsecrets %s --help\" for usage.\n", cmd, fmt.Sprintf(format, a...), cmd)
+	return exitUsage
+}
+
+// indent prefixes every line of s with prefix.
+func indent(s, prefix string) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	for i, l := range lines {
+		lines[i] = prefix + l
+	}
+	return strings.Join(lines, "\n")
+}
