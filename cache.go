@@ -29,6 +29,9 @@ const (
 	storeTimeout = 10 * time.Second
 )
 
+// anyGen makes fetch call the store whatever the cache holds.
+const anyGen = -1
+
 // pendingRecheck is how often, while a validated AWSPENDING version is in
 // use, the configured stage is read again (in the background, on use) to
 // notice that the rotation finished.
@@ -70,6 +73,7 @@ type entry struct {
 	refreshing  bool
 	outage      bool // the store is failing; warned once
 	lastRefresh time.Time
+	gen         int64 // successful fetches of stage, for callers that saw a miss
 
 	storeCalls atomic.Int64
 	breakers   sync.Map // target → *breaker
@@ -138,6 +142,7 @@ func (e *entry) get(ctx context.Context, pol policy) (*Credentials, error) {
 	now := time.Now()
 	e.mu.Lock()
 	cred := e.activeLocked()
+	gen := e.gen
 	var age time.Duration
 	if cred != nil {
 		age = now.Sub(e.fetchedAt)
@@ -164,7 +169,7 @@ func (e *entry) get(ctx context.Context, pol policy) (*Credentials, error) {
 	e.mu.Unlock()
 
 	pol.stats.storeWaits.Add(1)
-	_, err := e.fetch(ctx, e.stage, pol)
+	_, err := e.fetch(ctx, e.stage, pol, gen)
 	if err == nil {
 		e.mu.Lock()
 		cred = e.activeLocked()
@@ -189,7 +194,7 @@ func (e *entry) refreshLocked(now time.Time, pol policy) {
 	e.wg.Add(1)
 	go func() {
 		defer e.wg.Done()
-		_, _, _ = e.sf.Do(e.stage, func() (any, error) { return e.call(e.stage, pol) })
+		_, _, _ = e.sf.Do(e.stage, func() (any, error) { return e.call(e.stage, pol, anyGen) })
 		e.mu.Lock()
 		e.refreshing = false
 		e.mu.Unlock()
@@ -205,7 +210,11 @@ type fetchResult struct {
 // The call runs detached from ctx (a caller giving up must not fail the
 // others), bounded by storeTimeout and the entry's lifetime; a caller whose
 // ctx ends returns ctx.Err() at once.
-func (e *entry) fetch(ctx context.Context, stage string, pol policy) (*Credentials, error) {
+//
+// A caller that found the cache empty or expired passes the generation it
+// saw: if another fetch completed in between, that result is used and no
+// call is made. anyGen always calls.
+func (e *entry) fetch(ctx context.Context, stage string, pol policy, gen int64) (*Credentials, error) {
 	ch := make(chan fetchResult, 1)
 	e.mu.Lock()
 	if e.closed {
@@ -216,7 +225,7 @@ func (e *entry) fetch(ctx context.Context, stage string, pol policy) (*Credentia
 	e.mu.Unlock()
 	go func() {
 		defer e.wg.Done()
-		v, err, _ := e.sf.Do(stage, func() (any, error) { return e.call(stage, pol) })
+		v, err, _ := e.sf.Do(stage, func() (any, error) { return e.call(stage, pol, gen) })
 		c, _ := v.(*Credentials)
 		ch <- fetchResult{c, err}
 	}()
@@ -229,8 +238,13 @@ func (e *entry) fetch(ctx context.Context, stage string, pol policy) (*Credentia
 }
 
 // call paces and performs one store call and records its outcome.
-func (e *entry) call(stage string, pol policy) (*Credentials, error) {
+func (e *entry) call(stage string, pol policy, gen int64) (*Credentials, error) {
 	e.mu.Lock()
+	if gen != anyGen && stage == e.stage && e.gen != gen {
+		cur := e.cur
+		e.mu.Unlock()
+		return cur, nil
+	}
 	wait := time.Until(later(e.nextCall, e.lastCall[stage].Add(minCallInterval)))
 	e.mu.Unlock()
 	if wait > 0 {
@@ -301,6 +315,7 @@ func (e *entry) call(stage string, pol policy) (*Credentials, error) {
 	}
 	prev := e.cur
 	e.cur, e.fetchedAt, e.lastRefresh = creds, time.Now(), time.Now()
+	e.gen++
 	if prev != nil && prev.VersionID != creds.VersionID {
 		pol.log.Info(EventRotationPickedUp, "secret_id", e.secretID, "stage", stage,
 			"version_id", creds.VersionID, "previous_version_id", prev.VersionID)

@@ -138,22 +138,9 @@ func (c *Connector) connect(ctx context.Context) (driver.Conn, error) {
 		return nil, err
 	}
 	c.warnAtConnect(creds)
-	var fail failure
-	if f := c.guard.failing.Load(); f != nil && f.creds.same(creds) {
-		// A recovery is already running because these credentials were
-		// rejected: wait for it instead of spending another login.
-		fail = *f
-	} else {
-		conn, err := c.dial(ctx, creds)
-		if err == nil {
-			return conn, nil
-		}
-		state, ok := authFailure(err)
-		if !ok {
-			return nil, err
-		}
-		c.stats.authFailures.Add(1)
-		fail = failure{creds: creds, sqlstate: state, err: err}
+	conn, fail, err := c.firstLogin(ctx, creds)
+	if conn != nil || err != nil {
+		return conn, err
 	}
 	// Recover, then log in with what recovery found. If even that is
 	// rejected, the password changed again in between (two rotations in
@@ -165,6 +152,7 @@ func (c *Connector) connect(ctx context.Context) (driver.Conn, error) {
 		}
 		conn, err := c.dial(ctx, good)
 		if err == nil {
+			c.guard.verified.Store(good)
 			c.stats.recovered.Add(1)
 			return conn, nil
 		}
@@ -180,6 +168,56 @@ func (c *Connector) connect(ctx context.Context) (driver.Conn, error) {
 		}
 		fail = failure{creds: good, sqlstate: state, err: err}
 	}
+}
+
+// maxUnverifiedLogins bounds the concurrent logins with credentials that
+// have not logged in yet (a cold start, a new version): if they are wrong,
+// a burst of callers costs this many rejected logins, not one per caller.
+const maxUnverifiedLogins = 4
+
+// firstLogin logs in with creds from the cache. It returns a connection, or
+// the failure to recover from, or another error. Credentials that a running
+// recovery already knows to be rejected are not tried again; credentials
+// not yet proven are tried by at most maxUnverifiedLogins callers at a
+// time, the others waiting for the outcome.
+func (c *Connector) firstLogin(ctx context.Context, creds *Credentials) (driver.Conn, failure, error) {
+	g := c.guard
+	slot := false
+	defer func() {
+		if slot {
+			<-g.unverified
+		}
+	}()
+	for {
+		if f := g.failing.Load(); f != nil && f.creds.same(creds) {
+			return nil, *f, nil
+		}
+		if slot || g.verified.Load().same(creds) {
+			break
+		}
+		select {
+		case g.unverified <- struct{}{}:
+			slot = true // check again: the outcome may be known now
+		case <-ctx.Done():
+			return nil, failure{}, ctx.Err()
+		}
+	}
+	conn, err := c.dial(ctx, creds)
+	if err == nil {
+		g.verified.Store(creds)
+		return conn, failure{}, nil
+	}
+	state, ok := authFailure(err)
+	if !ok {
+		return nil, failure{}, err
+	}
+	c.stats.authFailures.Add(1)
+	f := failure{creds: creds, sqlstate: state, err: err}
+	// Published before the slot is released, so waiting callers join the
+	// recovery instead of trying the same credentials; the recovery clears
+	// it when it ends.
+	g.failing.Store(&f)
+	return nil, f, nil
 }
 
 // maxRecoveries bounds how often one Connect recovers when the credentials

@@ -25,19 +25,21 @@ const (
 // breaker around Connect and a single recovery at a time, both shared by
 // every connector of the process with that secret and target.
 type guard struct {
-	cb        *gobreaker.CircuitBreaker[driver.Conn]
-	sf        singleflight.Group
-	lastState atomic.Value            // string: the last SQLSTATE that failed a recovery
-	failing   atomic.Pointer[failure] // what the running recovery started from
-	opens     atomic.Int64
-	openFor   time.Duration
+	cb         *gobreaker.CircuitBreaker[driver.Conn]
+	sf         singleflight.Group
+	lastState  atomic.Value                // string: the last SQLSTATE that failed a recovery
+	failing    atomic.Pointer[failure]     // credentials known rejected, until their recovery ends
+	verified   atomic.Pointer[Credentials] // the last credentials that logged in
+	unverified chan struct{}               // slots for logins with credentials not yet verified
+	opens      atomic.Int64
+	openFor    time.Duration
 }
 
 func (e *entry) guardFor(target string, openFor time.Duration, log *slog.Logger) *guard {
 	if g, ok := e.breakers.Load(target); ok {
 		return g.(*guard)
 	}
-	g := &guard{openFor: openFor}
+	g := &guard{openFor: openFor, unverified: make(chan struct{}, maxUnverifiedLogins)}
 	g.lastState.Store("")
 	secretID := e.secretID
 	g.cb = gobreaker.NewCircuitBreaker[driver.Conn](gobreaker.Settings{
@@ -89,9 +91,9 @@ type failure struct {
 // whose ctx ends returns ctx.Err() at once.
 //
 // Each round: (1) the cached credentials, if another caller already moved
-// on from failed; (2) AWSPENDING, which AWS's rotation writes before
-// changing the database; (3) the configured stage fetched again (a
-// rotation done by hand, the database first). Credentials
+// on from failed; (2) the configured stage fetched again (skipped if it was
+// read less than minCallInterval ago); (3) AWSPENDING, which AWS's rotation
+// writes before changing the database. Credentials
 // that already failed are never tried twice, so a wrong secret costs no
 // extra logins, only store calls.
 func (c *Connector) recover(ctx context.Context, f failure) (*Credentials, error) {
@@ -148,6 +150,7 @@ func (c *Connector) recoverRounds(f failure, oneRound bool) (*Credentials, error
 		conn, err := c.dial(ctx, cr)
 		if err == nil {
 			_ = conn.Close()
+			c.guard.verified.Store(cr)
 			return true, nil
 		}
 		if st, ok := authFailure(err); ok {
@@ -177,11 +180,34 @@ func (c *Connector) recoverRounds(f failure, oneRound bool) (*Credentials, error
 			}
 		}
 
-		// AWSPENDING first: during AWS's rotation it is the version the
-		// database has, and its store-call spacing is independent of the
-		// configured stage's, which may just have been read.
+		// The configured stage again, unless it was read moments ago (the
+		// answer would be the same): the database may have been changed
+		// first and the store updated since.
+		e.mu.Lock()
+		justRead := time.Since(e.lastCall[e.stage]) < minCallInterval
+		e.mu.Unlock()
+		if !justRead {
+			cur, err := e.fetch(ctx, e.stage, c.pol, anyGen)
+			if errors.Is(err, ErrStoreUnavailable) {
+				storeErr = err
+			}
+			switch {
+			case err == nil && !seen(cur):
+				if done, err := try(cur); done {
+					if err != nil {
+						return nil, err
+					}
+					return found(cur), nil
+				}
+			case err != nil && !errors.Is(err, ErrStoreUnavailable) && !isContextErr(err):
+				return nil, err // not found, denied, malformed: no use waiting
+			}
+		}
+
+		// AWSPENDING: AWS's rotation writes it before changing the
+		// database, and moves the configured stage to it only at the end.
 		if e.stage != stagePending {
-			pend, err := e.fetch(ctx, stagePending, c.pol)
+			pend, err := e.fetch(ctx, stagePending, c.pol, anyGen)
 			if err == nil && !seen(pend) {
 				done, derr := try(pend)
 				if done && derr == nil {
@@ -194,22 +220,6 @@ func (c *Connector) recoverRounds(f failure, oneRound bool) (*Credentials, error
 					return nil, derr
 				}
 			}
-		}
-
-		cur, err := e.fetch(ctx, e.stage, c.pol)
-		if errors.Is(err, ErrStoreUnavailable) {
-			storeErr = err
-		}
-		switch {
-		case err == nil && !seen(cur):
-			if done, err := try(cur); done {
-				if err != nil {
-					return nil, err
-				}
-				return found(cur), nil
-			}
-		case err != nil && !errors.Is(err, ErrStoreUnavailable) && !isContextErr(err):
-			return nil, err // not found, denied, malformed: no use waiting
 		}
 
 		if oneRound || ctx.Err() != nil {

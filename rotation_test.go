@@ -409,11 +409,12 @@ func TestWrongPasswordBreaker(t *testing.T) {
 	if authErrs.Load() == 0 || openErrs.Load() == 0 {
 		t.Error("expected both ErrAuthFailed and ErrCircuitOpen")
 	}
-	// Bounds from the settings: the first burst of 16 logins, then per open
-	// interval one probe login (a credential already rejected is not tried
-	// again inside a recovery).
+	// Bounds from the settings: at most 4 concurrent logins with unproven
+	// credentials (maxUnverifiedLogins), then one probe login per open
+	// interval (a credential already rejected is not tried again inside a
+	// recovery).
 	probes := int(run/openFor) + 1
-	if maxLogins := 16 + probes; logins > maxLogins {
+	if maxLogins := 4 + probes; logins > maxLogins {
 		t.Errorf("%d failed logins, want ≤ %d", logins, maxLogins)
 	}
 	if m := maxPerSecond(calls); m > 4 {
@@ -421,6 +422,42 @@ func TestWrongPasswordBreaker(t *testing.T) {
 	}
 	if st.BreakerOpens == 0 {
 		t.Error("breaker never opened")
+	}
+}
+
+// A cold start with a wrong secret: 100 callers at once cost a handful of
+// rejected logins, not 100.
+func TestWrongPasswordColdBurst(t *testing.T) {
+	r := newRig(t)
+	r.sm.PutSecretValue(r.secretID, rdsSecret(r.role, "pw-wrong-burst", nil))
+	db := r.open(r.kv("secret_retry_window=1s"), pgsecrets.WithBreakerOpenInterval(time.Hour))
+	db.SetMaxOpenConns(0)
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	var authErrs, openErrs atomic.Int64
+	for i := 0; i < 100; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			switch err := db.Ping(); {
+			case errors.Is(err, pgsecrets.ErrAuthFailed):
+				authErrs.Add(1)
+			case errors.Is(err, pgsecrets.ErrCircuitOpen):
+				openErrs.Add(1)
+			default:
+				t.Errorf("unexpected: %v", err)
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	logins := r.pg.AuthFailures(r.role)
+	t.Logf("100 callers: %d auth errors, %d circuit-open errors; %d rejected logins; %d store calls",
+		authErrs.Load(), openErrs.Load(), logins, r.sm.Calls("GetSecretValue"))
+	// At most maxUnverifiedLogins (4) logins with the unproven credentials.
+	if logins > 4 {
+		t.Errorf("%d rejected logins for a burst of 100, want ≤ 4", logins)
 	}
 }
 
