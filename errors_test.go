@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -89,4 +90,27 @@ func TestStoreCallBounded(t *testing.T) {
 		t.Errorf("Connect = %v, want context.Canceled", err)
 	}
 	c.Close() // ends the store call
+}
+
+// Internal values print no password either, whatever the verb.
+func TestInternalValuesRedacted(t *testing.T) {
+	const pw = "pw-internal-9f3k2"
+	creds := &Credentials{Username: "app", Password: NewSecret(pw), VersionID: "v1"}
+	e := acquireEntry("redact-test", "s", "AWSCURRENT", nil)
+	defer e.release()
+	e.mu.Lock()
+	e.cur, e.pending = creds, creds
+	e.mu.Unlock()
+	f := failure{creds: creds, sqlstate: "28P01", err: &pq.Error{Code: "28P01"}}
+	cfg, err := ParseDSN("host=h password=" + pw + " secret_id=s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range []any{creds, *creds, e, f, &f, cfg, *cfg, fetchResult{creds: creds}, policy{}} {
+		for _, verb := range []string{"%v", "%+v", "%#v", "%s", "%q"} {
+			if out := fmt.Sprintf(verb, v); strings.Contains(out, pw) {
+				t.Errorf("%s of %T shows the password: %s", verb, v, out)
+			}
+		}
+	}
 }

@@ -122,7 +122,7 @@ func TestNoPasswordAnywhere(t *testing.T) {
 	if err := ping(wdb); !errors.Is(err, pgsecrets.ErrCircuitOpen) {
 		t.Errorf("breaker: %v", err)
 	}
-	seen = append(seen, wc.Stats())
+	seen = append(seen, wc.Stats(), wc, c, staleC)
 
 	var text strings.Builder
 	text.WriteString(r.logs.String())
