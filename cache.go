@@ -23,7 +23,7 @@ const (
 	// backoffBase, doubling per consecutive failure up to backoffMax,
 	// jittered by ±20%, so a store that is down sees under 3 calls/s.
 	backoffBase = 500 * time.Millisecond
-	backoffMax  = 5 * time.Second
+	backoffMax  = 2 * time.Second
 	// storeTimeout bounds one store call when the caller set no deadline
 	// (fetches run detached from callers, so always).
 	storeTimeout = 10 * time.Second
