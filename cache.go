@@ -127,7 +127,7 @@ func refreshMargin(ttl time.Duration) time.Duration {
 	return min(ttl/5, time.Minute)
 }
 
-// active returns the credentials new connections should use.
+// activeLocked returns the credentials new connections should use.
 func (e *entry) activeLocked() *Credentials {
 	if e.pending != nil {
 		return e.pending

@@ -93,9 +93,9 @@ type failure struct {
 // Each round: (1) the cached credentials, if another caller already moved
 // on from failed; (2) the configured stage fetched again (skipped if it was
 // read less than minCallInterval ago); (3) AWSPENDING, which AWS's rotation
-// writes before changing the database. Credentials
-// that already failed are never tried twice, so a wrong secret costs no
-// extra logins, only store calls.
+// writes before changing the database. Credentials that already failed are
+// never tried twice, so a wrong secret costs no extra logins, only store
+// calls.
 func (c *Connector) recover(ctx context.Context, f failure) (*Credentials, error) {
 	e := c.entry
 	ch := make(chan fetchResult, 1)
