@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -23,28 +22,11 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	// The SDK's default chain must find static test credentials and never
-	// look at this machine's AWS files or the metadata service.
-	dir, err := os.MkdirTemp("", "pgsecrets-aws")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	for k, v := range map[string]string{
-		"AWS_ACCESS_KEY_ID":           "AKIDTEST",
-		"AWS_SECRET_ACCESS_KEY":       "test-secret-key",
-		"AWS_REGION":                  "us-east-1",
-		"AWS_EC2_METADATA_DISABLED":   "true",
-		"AWS_CONFIG_FILE":             filepath.Join(dir, "config"),
-		"AWS_SHARED_CREDENTIALS_FILE": filepath.Join(dir, "credentials"),
-	} {
-		os.Setenv(k, v)
-	}
-	for _, k := range []string{"AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SECRETS_MANAGER"} {
-		os.Unsetenv(k)
-	}
+	// The SDK's default chain finds static test credentials and never looks
+	// at this machine's AWS files or the metadata service.
+	restore := smtest.IsolateEnv()
 	code := testdb.RunMain(m, testdb.Options{})
-	os.RemoveAll(dir)
+	restore()
 	os.Exit(code)
 }
 

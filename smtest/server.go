@@ -388,12 +388,23 @@ func (s *Server) Environ() []string {
 }
 
 func (s *Server) envVars() map[string]string {
+	kv := isolatedEnv(s.akid, s.region)
+	kv["AWS_ENDPOINT_URL_SECRETS_MANAGER"] = s.URL()
+	return kv
+}
+
+// isolatedEnv is the environment that makes the SDK's default
+// configuration resolve static credentials and region, read no AWS files
+// of the machine and never contact the metadata service. Empty values mean
+// unset.
+func isolatedEnv(akid, region string) map[string]string {
 	return map[string]string{
-		"AWS_ACCESS_KEY_ID":                      s.akid,
+		"AWS_ACCESS_KEY_ID":                      akid,
 		"AWS_SECRET_ACCESS_KEY":                  DefaultSecretAccessKey,
-		"AWS_REGION":                             s.region,
-		"AWS_DEFAULT_REGION":                     s.region,
-		"AWS_ENDPOINT_URL_SECRETS_MANAGER":       s.URL(),
+		"AWS_REGION":                             region,
+		"AWS_DEFAULT_REGION":                     region,
+		"AWS_ENDPOINT_URL":                       "",
+		"AWS_ENDPOINT_URL_SECRETS_MANAGER":       "",
 		"AWS_EC2_METADATA_DISABLED":              "true",
 		"AWS_CONFIG_FILE":                        os.DevNull,
 		"AWS_SHARED_CREDENTIALS_FILE":            os.DevNull,
@@ -408,6 +419,47 @@ func (s *Server) envVars() map[string]string {
 		"AWS_IGNORE_CONFIGURED_ENDPOINT_URLS":    "",
 		"AWS_USE_FIPS_ENDPOINT":                  "",
 		"AWS_USE_DUALSTACK_ENDPOINT":             "",
+	}
+}
+
+// IsolateEnv is for TestMain, where no testing.TB exists: it sets the
+// process environment so that the AWS SDK's default configuration finds
+// static test credentials (DefaultAccessKeyID) and DefaultRegion, reads no
+// AWS files of the machine, never contacts the EC2 metadata service and
+// names no endpoint (tests then put secret_endpoint=<Server.URL> in their
+// DSNs, so that parallel tests can use servers of their own). It returns a
+// function that restores the previous environment.
+//
+//	func TestMain(m *testing.M) {
+//		restore := smtest.IsolateEnv()
+//		code := m.Run()
+//		restore()
+//		os.Exit(code)
+//	}
+func IsolateEnv() (restore func()) {
+	kv := isolatedEnv(DefaultAccessKeyID, DefaultRegion)
+	type old struct {
+		v  string
+		ok bool
+	}
+	saved := map[string]old{}
+	for _, k := range sortedKeys(kv) {
+		v, ok := os.LookupEnv(k)
+		saved[k] = old{v, ok}
+		if kv[k] == "" {
+			os.Unsetenv(k)
+		} else {
+			os.Setenv(k, kv[k])
+		}
+	}
+	return func() {
+		for k, o := range saved {
+			if o.ok {
+				os.Setenv(k, o.v)
+			} else {
+				os.Unsetenv(k)
+			}
+		}
 	}
 }
 

@@ -388,6 +388,7 @@ func TestCheckFailures(t *testing.T) {
 			name: "no AWS region",
 			setup: func(t *testing.T, r *checkRig) string {
 				t.Setenv("AWS_REGION", "")
+				t.Setenv("AWS_DEFAULT_REGION", "")
 				return r.dsn("")
 			},
 			code:    1,
