@@ -130,11 +130,7 @@ func BenchmarkConnectAfterRotation(b *testing.B) {
 				connect()
 				b.StopTimer()
 				if kind == "four-step" {
-					old, _, _ := r.sm.Version(r.secretID, "AWSCURRENT")
-					if err := r.sm.UpdateStage(r.secretID, "AWSCURRENT", pending, old); err != nil {
-						b.Fatal(err)
-					}
-					if err := r.sm.UpdateStage(r.secretID, "AWSPENDING", "", pending); err != nil {
+					if err := r.sm.FinishRotation(r.secretID, pending); err != nil {
 						b.Fatal(err)
 					}
 				}

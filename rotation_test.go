@@ -134,16 +134,29 @@ func (r *rig) fourStep(t *testing.T, user string, gap time.Duration) (version st
 	}
 	test.Close()
 	time.Sleep(gap) // the window between setSecret and finishSecret, as a rotation has it
-	old, _, _ := r.sm.Version(r.secretID, "AWSCURRENT")
-	if err := r.sm.UpdateStage(r.secretID, "AWSCURRENT", version, old); err != nil {
-		t.Fatal(err)
-	}
-	if err := r.sm.UpdateStage(r.secretID, "AWSPENDING", "", version); err != nil {
+	if err := r.sm.FinishRotation(r.secretID, version); err != nil {
 		t.Fatal(err)
 	}
 	if user == r.role {
 		r.password = pw
 	}
+	return version
+}
+
+// wrongOrder rotates by hand in the wrong order: the database first, the
+// store delay later.
+func (r *rig) wrongOrder(t testing.TB, delay time.Duration) (version string) {
+	t.Helper()
+	pw := randomPassword()
+	if err := r.pg.SetPassword(context.Background(), r.role, pw); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(delay) // the operator updates the store late
+	version, err := r.sm.PutSecretValue(r.secretID, rdsSecret(r.role, pw, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.password = pw
 	return version
 }
 
@@ -190,16 +203,7 @@ func TestRotationWrongOrder(t *testing.T) {
 	l := startLoad(t, db, 16)
 	l.waitQueries(t, 200)
 	for i := 0; i < 3; i++ {
-		pw := randomPassword()
-		if err := r.pg.SetPassword(context.Background(), r.role, pw); err != nil {
-			t.Fatal(err)
-		}
-		time.Sleep(1500 * time.Millisecond) // the operator updates the store late
-		v, err := r.sm.PutSecretValue(r.secretID, rdsSecret(r.role, pw, nil))
-		if err != nil {
-			t.Fatal(err)
-		}
-		r.password = pw
+		v := r.wrongOrder(t, 1500*time.Millisecond)
 		eventually(t, "the new version in use", func() bool { return c.Stats().VersionID == v })
 		l.waitQueries(t, 200)
 	}
@@ -322,15 +326,7 @@ func TestStoreOutage(t *testing.T) {
 	l.waitQueries(t, 200)
 
 	// Heal, then rotate in the wrong order: must be picked up.
-	pw := randomPassword()
-	if err := r.pg.SetPassword(context.Background(), r.role, pw); err != nil {
-		t.Fatal(err)
-	}
-	v, err := r.sm.PutSecretValue(r.secretID, rdsSecret(r.role, pw, nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.password = pw
+	v := r.wrongOrder(t, 0)
 	eventually(t, "the new version in use", func() bool { return c.Stats().VersionID == v })
 	l.waitQueries(t, 200)
 	l.assertNoFailures(t)

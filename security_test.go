@@ -408,14 +408,7 @@ func TestStressNoRaceNoLeak(t *testing.T) {
 		if i%2 == 0 {
 			r.fourStep(t, r.role, 300*time.Millisecond)
 		} else {
-			pw := randomPassword()
-			if err := r.pg.SetPassword(context.Background(), r.role, pw); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := r.sm.PutSecretValue(r.secretID, rdsSecret(r.role, pw, nil)); err != nil {
-				t.Fatal(err)
-			}
-			r.password = pw
+			r.wrongOrder(t, 0)
 		}
 	}
 	close(stop)

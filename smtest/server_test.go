@@ -1151,3 +1151,26 @@ func TestAWSConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestFinishRotation(t *testing.T) {
+	s := smtest.Start(t)
+	s.CreateSecret("rot", "v1")
+	old, _, _ := s.Version("rot", smtest.StageCurrent)
+	v2, err := s.PutSecretValue("rot", "v2", smtest.StagePending)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.FinishRotation("rot", v2); err != nil {
+		t.Fatal(err)
+	}
+	stages := s.Stages("rot")
+	if got := stages[v2]; len(got) != 1 || got[0] != smtest.StageCurrent {
+		t.Errorf("new version stages %v, want only AWSCURRENT", got)
+	}
+	if got := stages[old]; len(got) != 1 || got[0] != smtest.StagePrevious {
+		t.Errorf("old version stages %v, want AWSPREVIOUS", got)
+	}
+	if err := s.FinishRotation("nope", v2); err == nil {
+		t.Error("no error for a missing secret")
+	}
+}

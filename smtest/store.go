@@ -555,6 +555,19 @@ func (s *Server) UpdateStage(secretID, stage, moveTo, removeFrom string) error {
 	return nil
 }
 
+// FinishRotation does what the finishSecret step of AWS's rotation
+// function does: it moves AWSCURRENT to versionID (AWSPREVIOUS goes to the
+// version that had it) and removes AWSPENDING from versionID.
+func (s *Server) FinishRotation(secretID, versionID string) error {
+	if err := s.UpdateStage(secretID, StageCurrent, versionID, ""); err != nil {
+		return err
+	}
+	if id, _, ok := s.Version(secretID, StagePending); ok && id == versionID {
+		return s.UpdateStage(secretID, StagePending, "", versionID)
+	}
+	return nil
+}
+
 // Version returns the id and value of the version of secretID that carries
 // the staging label stage (AWSCURRENT if stage is empty). The value of a
 // binary secret is returned as a string of its bytes. ok is false if there

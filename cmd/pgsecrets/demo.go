@@ -558,12 +558,8 @@ func (d *demo) fourStep(ctx context.Context, stop <-chan struct{}) error {
 		n, short(version), gap)
 	cut := !sleepUntil(ctx, stop, time.Now().Add(gap))
 	// finishSecret
-	old, _, _ := d.sm.Version(demoSecret, smtest.StageCurrent)
-	if err := d.sm.UpdateStage(demoSecret, smtest.StageCurrent, version, old); err != nil {
-		return fmt.Errorf("rotation %d: four-step: moving AWSCURRENT: %w", n, err)
-	}
-	if err := d.sm.UpdateStage(demoSecret, smtest.StagePending, "", version); err != nil {
-		return fmt.Errorf("rotation %d: four-step: removing AWSPENDING: %w", n, err)
+	if err := d.sm.FinishRotation(demoSecret, version); err != nil {
+		return fmt.Errorf("rotation %d: four-step: finishSecret: %w", n, err)
 	}
 	d.event("rotation %d: four-step done (AWSCURRENT moved to %s, AWSPENDING removed%s) %s", n, short(version), cutNote(cut), d.cost(s))
 	return nil
