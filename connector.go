@@ -82,7 +82,9 @@ func NewConnector(dsn string, opts ...Option) (*Connector, error) {
 		if err != nil {
 			return nil, err
 		}
-		identity = "sdk:" + client.Options().Region + "|" + cfg.Endpoint
+		// Connectors share a cache only if they reach the same store.
+		identity = "sdk:" + client.Options().Region + "|" + cfg.Endpoint + "|" +
+			os.Getenv("AWS_ENDPOINT_URL_SECRETS_MANAGER") + "|" + os.Getenv("AWS_ENDPOINT_URL")
 		provider = NewSecretsManagerProvider(client, cfg)
 	}
 	key := fmt.Sprintf("%s|%s|%s|%s|%s", identity, cfg.SecretID, cfg.VersionStage, cfg.UsernameKey, cfg.PasswordKey)
