@@ -343,6 +343,16 @@ func TestErrorKinds(t *testing.T) {
 		}
 	})
 
+	t.Run("AWS credentials refused", func(t *testing.T) {
+		other := smtest.Start(t, smtest.WithAccessKeyID("AKIDSOMEONEELSE"))
+		other.CreateSecret(r.secretID, rdsSecret(r.role, r.password, nil))
+		db := r.open(strings.Replace(dsnFor(r.secretID, ""), r.sm.URL(), other.URL(), 1))
+		err := db.Ping()
+		if !errors.Is(err, pgsecrets.ErrAccessDenied) || !strings.Contains(err.Error(), "invalid or expired") {
+			t.Errorf("got %v, want ErrAccessDenied about the AWS credentials", err)
+		}
+	})
+
 	t.Run("bad DSN", func(t *testing.T) {
 		_, err := sql.Open("pgsecrets", "host=db secret_id=x secret_ttl=forever password=hunter2")
 		if !errors.Is(err, pgsecrets.ErrInvalidDSN) || !strings.Contains(err.Error(), "secret_ttl") || strings.Contains(err.Error(), "hunter2") {

@@ -407,6 +407,19 @@ func TestCheckFailures(t *testing.T) {
 			want:    "FAIL: no usable AWS credentials: ",
 		},
 		{
+			name: "AWS credentials refused",
+			setup: func(t *testing.T, r *checkRig) string {
+				// A store that knows only another access key answers
+				// UnrecognizedClientException, as AWS does for a revoked key.
+				other := smtest.Start(t, smtest.WithAccessKeyID("AKIDSOMEONEELSE"))
+				other.CreateSecret(r.secretID, secretJSON(r.role, r.password))
+				return strings.Replace(r.dsn(""), r.sm.URL(), other.URL(), 1)
+			},
+			code:    1,
+			failure: "aws_credentials",
+			want:    "FAIL: the AWS credentials were refused (UnrecognizedClientException)",
+		},
+		{
 			name: "region from the secret's ARN",
 			setup: func(t *testing.T, r *checkRig) string {
 				t.Setenv("AWS_REGION", "")

@@ -41,7 +41,7 @@ func (e *credentialsError) Error() string { return "resolving AWS credentials: "
 func (e *credentialsError) Unwrap() error { return e.err }
 
 // AWS error codes that mean the request's credentials or signature were
-// refused (the driver reports them as an unavailable store).
+// refused (the driver reports them as ErrAccessDenied).
 var awsCredentialCodes = map[string]bool{
 	"UnrecognizedClientException": true,
 	"InvalidClientTokenId":        true,
@@ -98,6 +98,9 @@ func diagnose(err error, d diagContext) (kind, reason string) {
 		}
 		return "secret_not_found", fmt.Sprintf("secret not found: check secret_id (%q) and the region (%s)", d.secretID, d.region)
 	case errors.Is(err, pgsecrets.ErrAccessDenied):
+		if awsCredentialCodes[apiCode] {
+			return "aws_credentials", fmt.Sprintf("the AWS credentials were refused (%s): they are invalid or expired; check the credential chain (AWS_PROFILE, environment variables, an instance or task role)", apiCode)
+		}
 		if apiCode == "DecryptionFailure" {
 			return "access_denied", fmt.Sprintf("access denied: KMS would not decrypt the secret: the role needs kms:Decrypt on the KMS key of %s", d.secretID)
 		}
