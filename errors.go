@@ -64,6 +64,7 @@ type SecretError struct {
 	Err error
 }
 
+// Error says which secret, what went wrong and what to check.
 func (e *SecretError) Error() string {
 	var b strings.Builder
 	b.WriteString("pgsecrets: secret ")
@@ -122,6 +123,7 @@ type DSNError struct {
 	Err error
 }
 
+// Error names the key at fault and what is wrong with it.
 func (e *DSNError) Error() string {
 	var b strings.Builder
 	b.WriteString("pgsecrets: invalid DSN")

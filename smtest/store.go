@@ -29,6 +29,7 @@ type Error struct {
 	Message string
 }
 
+// Error returns the AWS error code and message.
 func (e *Error) Error() string { return e.Code + ": " + e.Message }
 
 func newError(status int, code, format string, args ...any) *Error {
