@@ -215,6 +215,9 @@ type fetchResult struct {
 // saw: if another fetch completed in between, that result is used and no
 // call is made. anyGen always calls.
 func (e *entry) fetch(ctx context.Context, stage string, pol policy, gen int64) (*Credentials, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err // nobody would wait for the call
+	}
 	ch := make(chan fetchResult, 1)
 	e.mu.Lock()
 	if e.closed {
