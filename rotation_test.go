@@ -348,6 +348,29 @@ func TestStoreOutage(t *testing.T) {
 	}
 }
 
+// Past secret_ttl + secret_max_stale, a cached credential is no longer used:
+// Connect fails with the store's error.
+func TestMaxStaleEnforced(t *testing.T) {
+	r := newRig(t)
+	db, c := r.openC(r.kv("secret_ttl=300ms secret_max_stale=700ms"))
+	db.SetMaxIdleConns(0) // every ping is a new connection
+	if err := db.Ping(); err != nil {
+		t.Fatal(err)
+	}
+	r.sm.Inject("GetSecretValue", smtest.Fault{Kind: smtest.Fail})
+	var err error
+	eventually(t, "the cached credential to expire", func() bool {
+		err = db.Ping()
+		return err != nil
+	})
+	if !errors.Is(err, pgsecrets.ErrStoreUnavailable) || !strings.Contains(err.Error(), r.secretID) {
+		t.Errorf("got %v, want ErrStoreUnavailable naming the secret", err)
+	}
+	if st := c.Stats(); st.StaleServes == 0 {
+		t.Errorf("no stale serve before the credential expired: %+v", st)
+	}
+}
+
 // A wrong password in the secret: bounded store calls and logins, clear
 // errors, then fail-fast.
 func TestWrongPasswordBreaker(t *testing.T) {
