@@ -148,11 +148,15 @@ func (c *Connector) connect(ctx context.Context) (driver.Conn, error) {
 	// rejected, the password changed again in between (two rotations in
 	// quick succession): recover again, a bounded number of times.
 	for attempt := 1; ; attempt++ {
-		good, err := c.recover(ctx, fail)
+		good, conn, err := c.recover(ctx, fail)
 		if err != nil {
 			return nil, err
 		}
-		conn, err := c.dial(ctx, good)
+		if conn != nil { // this caller's recovery logged in: use that login
+			c.stats.recovered.Add(1)
+			return conn, nil
+		}
+		conn, err = c.dial(ctx, good)
 		if err == nil {
 			c.guard.verified.Store(good)
 			c.stats.recovered.Add(1)

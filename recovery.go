@@ -96,36 +96,61 @@ type failure struct {
 // writes before changing the database. Credentials that already failed are
 // never tried twice, so a wrong secret costs no extra logins, only store
 // calls.
-func (c *Connector) recover(ctx context.Context, f failure) (*Credentials, error) {
+func (c *Connector) recover(ctx context.Context, f failure) (*Credentials, driver.Conn, error) {
 	e := c.entry
-	ch := make(chan fetchResult, 1)
 	e.mu.Lock()
 	if e.closed {
 		e.mu.Unlock()
-		return nil, errClosed
+		return nil, nil, errClosed
 	}
 	e.wg.Add(1)
 	e.mu.Unlock()
 	probing := c.guard.cb.State() == gobreaker.StateHalfOpen
+	// Unbuffered: the result, with the connection recovery logged in with,
+	// is handed over only to a caller still waiting; otherwise the
+	// connection is closed here.
+	ch := make(chan recovered)
+	gone := make(chan struct{})
 	go func() {
 		defer e.wg.Done()
+		ran := false
 		v, err, _ := c.guard.sf.Do("recover", func() (any, error) {
+			ran = true
 			c.guard.failing.Store(&f)
 			defer c.guard.failing.Store(nil)
 			return c.recoverRounds(f, probing)
 		})
-		cr, _ := v.(*Credentials)
-		ch <- fetchResult{cr, err}
+		r, _ := v.(recovered)
+		r.err = err
+		if !ran {
+			r.conn = nil // it belongs to the caller whose recovery made it
+		}
+		select {
+		case ch <- r:
+		case <-gone:
+			if r.conn != nil {
+				_ = r.conn.Close()
+			}
+		}
 	}()
 	select {
 	case r := <-ch:
-		return r.creds, r.err
+		return r.creds, r.conn, r.err
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		close(gone)
+		return nil, nil, ctx.Err()
 	}
 }
 
-func (c *Connector) recoverRounds(f failure, oneRound bool) (*Credentials, error) {
+// recovered is the outcome of a recovery: the credentials found, and the
+// connection they logged in with (for the caller that started it).
+type recovered struct {
+	creds *Credentials
+	conn  driver.Conn
+	err   error
+}
+
+func (c *Connector) recoverRounds(f failure, oneRound bool) (recovered, error) {
 	e := c.entry
 	failed, state, loginErr := f.creds, f.sqlstate, f.err
 	c.log.Info(EventAuthFailed, "secret_id", c.cfg.SecretID, "stage", failed.Stage, "version_id", failed.VersionID,
@@ -146,10 +171,11 @@ func (c *Connector) recoverRounds(f failure, oneRound bool) (*Credentials, error
 	}
 	// try logs in with cr; done reports whether recovery is over (with
 	// success or a non-authentication error).
+	var probe driver.Conn // the login that proved the credentials
 	try := func(cr *Credentials) (done bool, err error) {
 		conn, err := c.dial(ctx, cr)
 		if err == nil {
-			_ = conn.Close()
+			probe = conn
 			c.guard.verified.Store(cr)
 			return true, nil
 		}
@@ -160,10 +186,10 @@ func (c *Connector) recoverRounds(f failure, oneRound bool) (*Credentials, error
 		}
 		return true, err
 	}
-	found := func(cr *Credentials) *Credentials {
+	found := func(cr *Credentials) recovered {
 		c.log.Info(EventRecovered, "secret_id", c.cfg.SecretID, "stage", cr.Stage, "version_id", cr.VersionID,
 			"user", cr.Username, "took", time.Since(start).Round(time.Millisecond))
-		return cr
+		return recovered{creds: cr, conn: probe}
 	}
 
 	for round := 1; ; round++ {
@@ -174,7 +200,7 @@ func (c *Connector) recoverRounds(f failure, oneRound bool) (*Credentials, error
 		if cached != nil && !seen(cached) {
 			if done, err := try(cached); done {
 				if err != nil {
-					return nil, err
+					return recovered{}, err
 				}
 				return found(cached), nil
 			}
@@ -195,12 +221,12 @@ func (c *Connector) recoverRounds(f failure, oneRound bool) (*Credentials, error
 			case err == nil && !seen(cur):
 				if done, err := try(cur); done {
 					if err != nil {
-						return nil, err
+						return recovered{}, err
 					}
 					return found(cur), nil
 				}
 			case err != nil && !errors.Is(err, ErrStoreUnavailable) && !isContextErr(err):
-				return nil, err // not found, denied, malformed: no use waiting
+				return recovered{}, err // not found, denied, malformed: no use waiting
 			}
 		}
 
@@ -217,7 +243,7 @@ func (c *Connector) recoverRounds(f failure, oneRound bool) (*Credentials, error
 					return found(pend), nil
 				}
 				if done {
-					return nil, derr
+					return recovered{}, derr
 				}
 			}
 		}
@@ -250,7 +276,7 @@ func (c *Connector) recoverRounds(f failure, oneRound bool) (*Credentials, error
 	c.log.Warn(EventRecoveryFailed, "secret_id", c.cfg.SecretID, "stage", failed.Stage, "version_id", failed.VersionID,
 		"user", failed.Username, "sqlstate", state, "took", time.Since(start).Round(time.Millisecond),
 		"credentials_tried", len(tried))
-	return nil, &SecretError{Kind: ErrAuthFailed, SecretID: c.cfg.SecretID, Stage: failed.Stage,
+	return recovered{}, &SecretError{Kind: ErrAuthFailed, SecretID: c.cfg.SecretID, Stage: failed.Stage,
 		VersionID: failed.VersionID, SQLState: state, Err: cause,
 		Detail: fmt.Sprintf("the database rejected user %q, and fetching the secret again (%s and %s) for %s found no credentials it accepts",
 			failed.Username, e.stage, stagePending, window),

@@ -427,4 +427,13 @@ func TestStressNoRaceNoLeak(t *testing.T) {
 	if g := pgsecretsGoroutines(); len(g) != 0 {
 		t.Errorf("%d goroutines outlived db.Close:\n%s", len(g), strings.Join(g, "\n\n"))
 	}
+	// No connection leaked either (e.g. a recovery's login nobody took):
+	// the server sees the role's sessions end.
+	eventually(t, "the role's sessions to end", func() bool {
+		var n int
+		if err := r.pg.DB().QueryRow("SELECT count(*) FROM pg_stat_activity WHERE usename = $1", r.role).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n == 0
+	})
 }
