@@ -62,18 +62,17 @@ type entry struct {
 	refs   int // guarded by registry
 	sf     singleflight.Group
 
-	mu          sync.Mutex
-	closed      bool
-	cur         *Credentials // last version fetched at stage
-	fetchedAt   time.Time
-	pending     *Credentials         // a validated AWSPENDING version, used until stage catches up
-	lastCall    map[string]time.Time // per stage
-	nextCall    time.Time            // earliest next call after failures
-	failures    int
-	refreshing  bool
-	outage      bool // the store is failing; warned once
-	lastRefresh time.Time
-	gen         int64 // successful fetches of stage, for callers that saw a miss
+	mu         sync.Mutex
+	closed     bool
+	cur        *Credentials // last version fetched at stage
+	fetchedAt  time.Time
+	pending    *Credentials         // a validated AWSPENDING version, used until stage catches up
+	lastCall   map[string]time.Time // per stage
+	nextCall   time.Time            // earliest next call after failures
+	failures   int
+	refreshing bool
+	outage     bool  // the store is failing; warned once
+	gen        int64 // successful fetches of stage, for callers that saw a miss
 
 	storeCalls atomic.Int64
 	breakers   sync.Map // target → *breaker
@@ -161,9 +160,7 @@ func (e *entry) get(ctx context.Context, pol policy) (*Credentials, error) {
 			// credential and keep retrying in the background.
 			e.refreshLocked(now, pol)
 			e.mu.Unlock()
-			pol.log.Debug(EventServingStale, "secret_id", e.secretID, "version_id", cred.VersionID, "stage", cred.Stage, "age", age.Round(time.Millisecond))
-			pol.stats.staleServes.Add(1)
-			return cred, nil
+			return e.serveStale(cred, age, pol), nil
 		}
 	}
 	e.mu.Unlock()
@@ -177,11 +174,17 @@ func (e *entry) get(ctx context.Context, pol policy) (*Credentials, error) {
 		return cred, nil
 	}
 	if cred != nil && errors.Is(err, ErrStoreUnavailable) && age < pol.ttl+pol.maxStale {
-		pol.log.Debug(EventServingStale, "secret_id", e.secretID, "version_id", cred.VersionID, "stage", cred.Stage, "age", age.Round(time.Millisecond))
-		pol.stats.staleServes.Add(1)
-		return cred, nil
+		return e.serveStale(cred, age, pol), nil
 	}
 	return nil, err
+}
+
+// serveStale records that cred is used past its TTL.
+func (e *entry) serveStale(cred *Credentials, age time.Duration, pol policy) *Credentials {
+	pol.log.Debug(EventServingStale, "secret_id", e.secretID, "version_id", cred.VersionID, "stage", cred.Stage,
+		"age", age.Round(time.Millisecond))
+	pol.stats.staleServes.Add(1)
+	return cred
 }
 
 // refreshLocked starts a background refresh of the current stage unless
@@ -317,7 +320,7 @@ func (e *entry) call(stage string, pol policy, gen int64) (*Credentials, error) 
 		return creds, nil
 	}
 	prev := e.cur
-	e.cur, e.fetchedAt, e.lastRefresh = creds, time.Now(), time.Now()
+	e.cur, e.fetchedAt = creds, time.Now()
 	e.gen++
 	if prev != nil && prev.VersionID != creds.VersionID {
 		pol.log.Info(EventRotationPickedUp, "secret_id", e.secretID, "stage", stage,

@@ -10,8 +10,6 @@ import (
 	"github.com/lib/pq"
 )
 
-func errorsAs(err error, target any) bool { return errors.As(err, target) }
-
 // FuzzParseDSN: any input gives a Config or a DSNError, never a panic; a
 // parsed DSN formats back to one that parses to the same Config; the DSN
 // password never appears in errors or formatted output; lib/pq accepts

@@ -3,6 +3,7 @@ package pgsecrets
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -88,7 +89,7 @@ func TestParseSecret(t *testing.T) {
 	for _, tc := range bad {
 		_, err := ParseSecret("prod/app", tc.data, "username", "password")
 		var se *SecretError
-		if !errorsAs(err, &se) || se.Kind != ErrMalformedSecret || se.Field != tc.field {
+		if !errors.As(err, &se) || se.Kind != ErrMalformedSecret || se.Field != tc.field {
 			t.Errorf("%.60q: got %v, want malformed field %q", tc.data, err, tc.field)
 			continue
 		}

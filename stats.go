@@ -73,7 +73,7 @@ func (c *Connector) Stats() Stats {
 	}
 	e := c.entry
 	e.mu.Lock()
-	s.LastRefresh = e.lastRefresh
+	s.LastRefresh = e.fetchedAt
 	if cr := e.activeLocked(); cr != nil {
 		s.VersionID, s.Stage = cr.VersionID, cr.Stage
 	}
