@@ -193,15 +193,34 @@ func (e *entry) refreshLocked(now time.Time, pol policy) {
 	if e.refreshing || e.closed || now.Before(e.nextCall) {
 		return
 	}
-	e.refreshing = true
-	e.wg.Add(1)
-	go func() {
-		defer e.wg.Done()
+	e.refreshing = e.spawnLocked(func() {
 		_, _, _ = e.sf.Do(e.stage, func() (any, error) { return e.call(e.stage, pol, anyGen) })
 		e.mu.Lock()
 		e.refreshing = false
 		e.mu.Unlock()
+	})
+}
+
+// spawn runs fn in a goroutine that release waits for, unless the entry is
+// closed (then it reports false and fn does not run).
+func (e *entry) spawn(fn func()) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.spawnLocked(fn)
+}
+
+// spawnLocked is spawn with e.mu held: adding to the wait group under the
+// lock that release takes to set closed keeps Add from racing with Wait.
+func (e *entry) spawnLocked(fn func()) bool {
+	if e.closed {
+		return false
+	}
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		fn()
 	}()
+	return true
 }
 
 type fetchResult struct {
@@ -222,19 +241,14 @@ func (e *entry) fetch(ctx context.Context, stage string, pol policy, gen int64) 
 		return nil, err // nobody would wait for the call
 	}
 	ch := make(chan fetchResult, 1)
-	e.mu.Lock()
-	if e.closed {
-		e.mu.Unlock()
-		return nil, &SecretError{Kind: ErrStoreUnavailable, SecretID: e.secretID, Detail: "connector closed"}
-	}
-	e.wg.Add(1)
-	e.mu.Unlock()
-	go func() {
-		defer e.wg.Done()
+	started := e.spawn(func() {
 		v, err, _ := e.sf.Do(stage, func() (any, error) { return e.call(stage, pol, gen) })
 		c, _ := v.(*Credentials)
 		ch <- fetchResult{c, err}
-	}()
+	})
+	if !started {
+		return nil, &SecretError{Kind: ErrStoreUnavailable, SecretID: e.secretID, Detail: "connector closed"}
+	}
 	select {
 	case r := <-ch:
 		return r.creds, r.err

@@ -97,22 +97,13 @@ type failure struct {
 // never tried twice, so a wrong secret costs no extra logins, only store
 // calls.
 func (c *Connector) recover(ctx context.Context, f failure) (*Credentials, driver.Conn, error) {
-	e := c.entry
-	e.mu.Lock()
-	if e.closed {
-		e.mu.Unlock()
-		return nil, nil, errClosed
-	}
-	e.wg.Add(1)
-	e.mu.Unlock()
 	probing := c.guard.cb.State() == gobreaker.StateHalfOpen
 	// Unbuffered: the result, with the connection recovery logged in with,
 	// is handed over only to a caller still waiting; otherwise the
 	// connection is closed here.
 	ch := make(chan recovered)
 	gone := make(chan struct{})
-	go func() {
-		defer e.wg.Done()
+	started := c.entry.spawn(func() {
 		ran := false
 		v, err, _ := c.guard.sf.Do("recover", func() (any, error) {
 			ran = true
@@ -132,7 +123,10 @@ func (c *Connector) recover(ctx context.Context, f failure) (*Credentials, drive
 				_ = r.conn.Close()
 			}
 		}
-	}()
+	})
+	if !started {
+		return nil, nil, errClosed
+	}
 	select {
 	case r := <-ch:
 		return r.creds, r.conn, r.err
