@@ -3,6 +3,7 @@ package pgsecrets
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"sync"
@@ -21,12 +22,23 @@ const (
 	minCallInterval = 500 * time.Millisecond
 	// Failure backoff: the first retry after a failed call waits about
 	// backoffBase, doubling per consecutive failure up to backoffMax,
-	// jittered by ±20%, so a store that is down sees under 3 calls/s.
+	// jittered by ±20%, so a store that is down sees under 3 calls/s, and
+	// the first call after it heals comes at most 1.92 s later (0.8 s on
+	// average).
 	backoffBase = 500 * time.Millisecond
-	backoffMax  = 2 * time.Second
-	// storeTimeout bounds one store call when the caller set no deadline
-	// (fetches run detached from callers, so always).
+	backoffMax  = 1600 * time.Millisecond
+	// storeTimeout bounds one store call, hedges included (fetches run
+	// detached from callers, so the callers' deadlines do not).
 	storeTimeout = 10 * time.Second
+	// Hedging: a request that has not answered after the hedge delay (four
+	// times the usual duration of a successful call, within hedgeMin and
+	// hedgeMax) gets a second one beside it; with maxInFlight requests
+	// out, the oldest is abandoned for a new one. A request the store lost
+	// or holds therefore delays callers by at most the hedge delay once
+	// the store answers again, not by storeTimeout.
+	maxInFlight = 2
+	hedgeMin    = 200 * time.Millisecond
+	hedgeMax    = 800 * time.Millisecond
 )
 
 // anyGen makes fetch call the store whatever the cache holds.
@@ -71,8 +83,12 @@ type entry struct {
 	nextCall   time.Time            // earliest next call after failures
 	failures   int
 	refreshing bool
-	outage     bool  // the store is failing; warned once
-	gen        int64 // successful fetches of stage, for callers that saw a miss
+	outage     bool                 // the store is failing; warned once
+	lastErr    error                // the last failed call's error (stage's, or any unavailable one) until a success
+	calling    map[string]time.Time // per stage: when the call in progress started
+	inflight   int                  // store requests out, every stage together
+	typical    time.Duration        // smoothed duration of successful requests
+	gen        int64                // successful fetches of stage, for callers that saw a miss
 
 	storeCalls atomic.Int64
 	breakers   sync.Map // target → *breaker
@@ -87,7 +103,7 @@ func acquireEntry(key, secretID, stage string, p Provider) *entry {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	e := &entry{key: key, secretID: secretID, stage: stage, provider: p, ctx: ctx, cancel: cancel, refs: 1,
-		lastCall: map[string]time.Time{}}
+		lastCall: map[string]time.Time{}, calling: map[string]time.Time{}}
 	registry.m[key] = e
 	return e
 }
@@ -136,7 +152,9 @@ func (e *entry) activeLocked() *Credentials {
 
 // get returns credentials for a new connection: cached ones without I/O
 // while fresh (refreshing in the background shortly before the TTL ends),
-// stale ones while the store is unavailable, else one shared fetch.
+// stale ones while the store is unavailable or slow, else one shared fetch.
+// With nothing usable cached and the store failing, it returns the store's
+// last error at once; one caller per backoff interval probes the store.
 func (e *entry) get(ctx context.Context, pol policy) (*Credentials, error) {
 	now := time.Now()
 	e.mu.Lock()
@@ -163,20 +181,77 @@ func (e *entry) get(ctx context.Context, pol policy) (*Credentials, error) {
 			return e.serveStale(cred, age, pol), nil
 		}
 	}
+	usable := cred != nil && age < pol.ttl+pol.maxStale
+	if !usable && e.lastErr != nil {
+		// Waiting for the next slot would only delay the same answer.
+		_, probing := e.calling[e.stage]
+		switch {
+		case e.failures > 0 && (probing || now.Before(e.nextCall)):
+			err := e.failingErrorLocked(now, probing)
+			e.mu.Unlock()
+			return nil, err
+		case e.failures == 0 && (probing || now.Sub(e.lastCall[e.stage]) < minCallInterval):
+			err := e.lastErr // not found, denied, malformed: asked moments ago
+			e.mu.Unlock()
+			return nil, err
+		}
+	}
+	hedge := e.hedgeDelayLocked()
 	e.mu.Unlock()
 
 	pol.stats.storeWaits.Add(1)
-	_, err := e.fetch(ctx, e.stage, pol, gen)
+	fctx := ctx
+	if usable {
+		// Past the TTL with a store not known to fail: wait for the fresh
+		// version only as long as a healthy store takes.
+		var cancel context.CancelFunc
+		fctx, cancel = context.WithTimeout(ctx, hedge)
+		defer cancel()
+	}
+	_, err := e.fetch(fctx, e.stage, pol, gen)
 	if err == nil {
 		e.mu.Lock()
 		cred = e.activeLocked()
 		e.mu.Unlock()
 		return cred, nil
 	}
-	if cred != nil && errors.Is(err, ErrStoreUnavailable) && age < pol.ttl+pol.maxStale {
+	if usable && (errors.Is(err, ErrStoreUnavailable) || (ctx.Err() == nil && isContextErr(err))) {
 		return e.serveStale(cred, age, pol), nil
 	}
 	return nil, err
+}
+
+// failingErrorLocked is the error for a caller that finds the store
+// failing and nothing usable cached: the store's last error, saying so.
+func (e *entry) failingErrorLocked(now time.Time, probing bool) error {
+	var se *SecretError
+	if !errors.As(e.lastErr, &se) {
+		return &SecretError{Kind: ErrStoreUnavailable, SecretID: e.secretID, Stage: e.stage}
+	}
+	cp := *se
+	next := "is in progress"
+	if !probing {
+		next = "in " + e.nextCall.Sub(now).Round(time.Millisecond).String()
+	}
+	calls := "call"
+	if e.failures > 1 {
+		calls = fmt.Sprintf("%d calls in a row", e.failures)
+	}
+	detail := fmt.Sprintf("the last store %s failed and no usable credentials are cached; the next attempt %s", calls, next)
+	if cp.Detail != "" {
+		detail += "; " + cp.Detail
+	}
+	cp.Detail = detail
+	return &cp
+}
+
+// hedgeDelayLocked is how long a store request may take before a second
+// one is sent.
+func (e *entry) hedgeDelayLocked() time.Duration {
+	if e.typical == 0 {
+		return hedgeMax
+	}
+	return min(max(4*e.typical, hedgeMin), hedgeMax)
 }
 
 // serveStale records that cred is used past its TTL.
@@ -231,14 +306,15 @@ type fetchResult struct {
 // fetch makes one store call for stage, shared by every concurrent caller.
 // The call runs detached from ctx (a caller giving up must not fail the
 // others), bounded by storeTimeout and the entry's lifetime; a caller whose
-// ctx ends returns ctx.Err() at once.
+// ctx ends returns at once, with an error that says what it waited for.
 //
 // A caller that found the cache empty or expired passes the generation it
 // saw: if another fetch completed in between, that result is used and no
 // call is made. anyGen always calls.
 func (e *entry) fetch(ctx context.Context, stage string, pol policy, gen int64) (*Credentials, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err // nobody would wait for the call
+	start := time.Now()
+	if ctx.Err() != nil {
+		return nil, e.storeWaitError(ctx, stage, start) // nobody would wait for the call
 	}
 	ch := make(chan fetchResult, 1)
 	started := e.spawn(func() {
@@ -253,8 +329,32 @@ func (e *entry) fetch(ctx context.Context, stage string, pol policy, gen int64) 
 	case r := <-ch:
 		return r.creds, r.err
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return nil, e.storeWaitError(ctx, stage, start)
 	}
+}
+
+// storeWaitError is the error of a caller whose ctx ended before the store
+// answered: what it waited for, and the store's last failure if any.
+func (e *entry) storeWaitError(ctx context.Context, stage string, since time.Time) error {
+	e.mu.Lock()
+	cause := e.lastErr
+	began, inCall := e.calling[stage]
+	e.mu.Unlock()
+	var detail string
+	switch {
+	case inCall:
+		detail = fmt.Sprintf("gave up waiting for the secret store, which had not answered for %s", time.Since(began).Round(time.Millisecond))
+	case time.Since(since) < time.Millisecond:
+		detail = "the caller's context had ended before the secret store was called"
+	default:
+		detail = fmt.Sprintf("gave up waiting %s for a turn to call the secret store", time.Since(since).Round(time.Millisecond))
+	}
+	if cause != nil {
+		detail += "; its last call failed"
+	}
+	se := waitError(ctx, e.secretID, nil, "", detail, cause)
+	se.Stage = stage
+	return se
 }
 
 // call paces and performs one store call and records its outcome.
@@ -276,17 +376,13 @@ func (e *entry) call(stage string, pol policy, gen int64) (*Credentials, error) 
 			return nil, &SecretError{Kind: ErrStoreUnavailable, SecretID: e.secretID, Stage: stage, Detail: "connector closed"}
 		}
 	}
+	start := time.Now()
 	e.mu.Lock()
-	e.lastCall[stage] = time.Now()
+	e.lastCall[stage] = start
+	e.calling[stage] = start
 	e.mu.Unlock()
 
-	ctx, cancel := context.WithTimeout(e.ctx, storeTimeout)
-	start := time.Now()
-	creds, err := e.provider.Fetch(ctx, stage)
-	cancel()
-	e.storeCalls.Add(1)
-	pol.stats.storeCalls.Add(1)
-	took := time.Since(start)
+	creds, took, err := e.hedged(stage, pol)
 
 	if err != nil {
 		var se *SecretError
@@ -295,6 +391,10 @@ func (e *entry) call(stage string, pol policy, gen int64) (*Credentials, error) 
 		}
 		lvl := slog.LevelWarn
 		e.mu.Lock()
+		delete(e.calling, stage)
+		if stage == e.stage || errors.Is(err, ErrStoreUnavailable) {
+			e.lastErr = err
+		}
 		if errors.Is(err, ErrStoreUnavailable) {
 			e.failures++
 			e.nextCall = time.Now().Add(backoff(backoffBase, backoffMax, e.failures))
@@ -326,10 +426,11 @@ func (e *entry) call(stage string, pol policy, gen int64) (*Credentials, error) 
 
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	delete(e.calling, stage)
 	if e.outage {
 		pol.log.Info(EventStoreRecovered, "secret_id", e.secretID, "failed_calls", e.failures)
 	}
-	e.failures, e.nextCall, e.outage = 0, time.Time{}, false
+	e.failures, e.nextCall, e.outage, e.lastErr = 0, time.Time{}, false, nil
 	if stage != e.stage {
 		return creds, nil
 	}
@@ -347,6 +448,122 @@ func (e *entry) call(stage string, pol policy, gen int64) (*Credentials, error) 
 		e.pending = nil
 	}
 	return creds, nil
+}
+
+// hedged performs one store call for stage as one or more requests (see
+// hedgeMin): the first answer, success or error, is the call's. It returns
+// how long that answer took.
+func (e *entry) hedged(stage string, pol policy) (*Credentials, time.Duration, error) {
+	ctx, cancel := context.WithTimeout(e.ctx, storeTimeout)
+	defer cancel()
+	type request struct {
+		cancel    context.CancelFunc
+		abandoned bool
+	}
+	type answer struct {
+		creds *Credentials
+		err   error
+		took  time.Duration
+		req   *request
+	}
+	answers := make(chan answer)
+	finished := make(chan struct{})
+	var live []*request
+	var wg sync.WaitGroup
+	defer func() {
+		close(finished)
+		for _, r := range live {
+			r.cancel()
+		}
+		wg.Wait()
+	}()
+	sent := 0
+	send := func() bool {
+		e.mu.Lock()
+		if e.inflight >= maxInFlight {
+			e.mu.Unlock()
+			return false
+		}
+		e.inflight++
+		e.mu.Unlock()
+		rctx, rcancel := context.WithCancel(ctx)
+		r := &request{cancel: rcancel}
+		live = append(live, r)
+		sent++
+		e.storeCalls.Add(1)
+		pol.stats.storeCalls.Add(1)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			start := time.Now()
+			c, err := e.provider.Fetch(rctx, stage)
+			took := time.Since(start)
+			rcancel()
+			e.mu.Lock()
+			e.inflight--
+			e.mu.Unlock()
+			select {
+			case answers <- answer{c, err, took, r}:
+			case <-finished:
+			}
+		}()
+		return true
+	}
+	e.mu.Lock()
+	delay := e.hedgeDelayLocked()
+	e.mu.Unlock()
+	want := !send() // another stage's requests hold every slot
+	timer := time.NewTimer(delay)
+	if want {
+		timer.Reset(hedgeMin)
+	}
+	defer timer.Stop()
+	for {
+		select {
+		case a := <-answers:
+			for i, r := range live {
+				if r == a.req {
+					live = append(live[:i], live[i+1:]...)
+					break
+				}
+			}
+			if !a.req.abandoned || a.err == nil { // an abandoned request may still win
+				if a.err == nil {
+					e.mu.Lock()
+					if e.typical == 0 {
+						e.typical = a.took
+					} else {
+						e.typical = (3*e.typical + a.took) / 4
+					}
+					e.mu.Unlock()
+				}
+				return a.creds, a.took, a.err
+			}
+			if want {
+				want = !send()
+			}
+		case <-timer.C:
+			if len(live) >= maxInFlight {
+				// Abandon the oldest; its slot frees when it returns.
+				live[0].abandoned = true
+				live[0].cancel()
+				live = live[1:]
+			}
+			want = !send()
+			if want {
+				timer.Reset(hedgeMin) // look for a free slot again soon
+			} else {
+				timer.Reset(delay)
+			}
+		case <-ctx.Done():
+			if e.ctx.Err() != nil {
+				return nil, 0, &SecretError{Kind: ErrStoreUnavailable, SecretID: e.secretID, Stage: stage, Detail: "connector closed"}
+			}
+			return nil, storeTimeout, &SecretError{Kind: ErrStoreUnavailable, SecretID: e.secretID, Stage: stage,
+				Detail: fmt.Sprintf("the store did not answer within %s (%d requests)", storeTimeout, sent),
+				Hint:   "check network access to the store's endpoint; cached credentials are used meanwhile where available"}
+		}
+	}
 }
 
 // setPending makes a validated AWSPENDING version the one new connections

@@ -131,7 +131,32 @@ func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
 		c.stats.breakerRejects.Add(1)
 		return nil, c.guard.openError(c.cfg.SecretID)
 	}
+	if err != nil && ctx.Err() != nil {
+		var se *SecretError
+		if !errors.As(err, &se) {
+			// lib/pq gave up on the dial or the handshake because ctx
+			// ended: still say which secret and user it was.
+			return nil, waitError(ctx, c.cfg.SecretID, nil, "", "gave up while logging in to the database", err)
+		}
+	}
 	return conn, err
+}
+
+// Refresh fetches the secret from the store now, sharing any fetch already
+// in flight, and returns the version id it got; new connections use it
+// from then on. Call it when the application learns of a rotation from
+// elsewhere (an EventBridge rule, a deploy hook) and should not wait for
+// secret_ttl or the next authentication failure. Store calls stay paced, so
+// a Refresh right after another call waits for its turn (within ctx).
+func (c *Connector) Refresh(ctx context.Context) (string, error) {
+	if c.closed.Load() {
+		return "", errClosed
+	}
+	creds, err := c.entry.fetch(ctx, c.entry.stage, c.pol, anyGen)
+	if err != nil {
+		return "", err
+	}
+	return creds.VersionID, nil
 }
 
 func (c *Connector) connect(ctx context.Context) (driver.Conn, error) {
@@ -143,6 +168,12 @@ func (c *Connector) connect(ctx context.Context) (driver.Conn, error) {
 	conn, fail, err := c.firstLogin(ctx, creds)
 	if conn != nil || err != nil {
 		return conn, err
+	}
+	if c.guard.cb.State() == gobreaker.StateOpen {
+		// A recovery for the same target failed while this caller was
+		// logging in: its answer stands for the breaker's interval.
+		c.stats.breakerRejects.Add(1)
+		return nil, c.guard.openError(c.cfg.SecretID)
 	}
 	// Recover, then log in with what recovery found. If even that is
 	// rejected, the password changed again in between (two rotations in
@@ -205,7 +236,9 @@ func (c *Connector) firstLogin(ctx context.Context, creds *Credentials) (driver.
 		case g.unverified <- struct{}{}:
 			slot = true // check again: the outcome may be known now
 		case <-ctx.Done():
-			return nil, failure{}, ctx.Err()
+			return nil, failure{}, waitError(ctx, c.cfg.SecretID, creds, "",
+				fmt.Sprintf("gave up waiting for a login slot: %d callers were already trying these credentials, which have not logged in yet",
+					maxUnverifiedLogins), nil)
 		}
 	}
 	conn, err := c.dial(ctx, creds)

@@ -302,7 +302,10 @@ func TestErrorKinds(t *testing.T) {
 			if tc.fault != nil {
 				defer r.sm.Inject("GetSecretValue", *tc.fault)()
 			}
+			// Closed at the end of the subtest: the next one must not find
+			// this one's error cached.
 			db := r.open(dsnFor(tc.id, ""))
+			defer db.Close()
 			err := db.Ping()
 			if !errors.Is(err, tc.kind) {
 				t.Fatalf("got %v, want %v", err, tc.kind)

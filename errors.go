@@ -45,7 +45,12 @@ var (
 // SQLSTATE where relevant) and says what to check; it never contains a
 // secret value.
 type SecretError struct {
-	// Kind is one of the sentinel errors above.
+	// Kind is one of the sentinel errors above, or context.Canceled or
+	// context.DeadlineExceeded when the caller's context ended while
+	// pgsecrets waited (for a store call, a recovery, a login slot or a
+	// login). Detail then says what it was waiting for and Err holds the
+	// last cause known by then (a store error, a *pq.Error), so a caller
+	// that gives up still learns why it had to wait.
 	Kind error
 	// SecretID is the secret's name or ARN as configured.
 	SecretID string
@@ -106,10 +111,26 @@ func (e *SecretError) Unwrap() []error {
 }
 
 // Temporary reports whether retrying later can succeed without anyone
-// changing the configuration: true for an unavailable store and an open
-// circuit breaker.
+// changing the configuration: true for an unavailable store, an open
+// circuit breaker and a wait cut short by the caller's deadline.
 func (e *SecretError) Temporary() bool {
-	return e.Kind == ErrStoreUnavailable || e.Kind == ErrCircuitOpen
+	return e.Kind == ErrStoreUnavailable || e.Kind == ErrCircuitOpen || e.Kind == context.DeadlineExceeded
+}
+
+// waitError is what a caller whose ctx ended gets instead of a bare
+// context error: what it was waiting for (detail) and the last thing that
+// went wrong (cause, may be nil), naming the secret and, where known, the
+// version and SQLSTATE.
+func waitError(ctx context.Context, secretID string, creds *Credentials, sqlstate, detail string, cause error) *SecretError {
+	kind := ctx.Err()
+	if kind == nil {
+		kind = context.Canceled
+	}
+	se := &SecretError{Kind: kind, SecretID: secretID, SQLState: sqlstate, Detail: detail, Err: cause}
+	if creds != nil {
+		se.Stage, se.VersionID = creds.Stage, creds.VersionID
+	}
+	return se
 }
 
 // DSNError reports a problem with the DSN given to sql.Open or

@@ -34,8 +34,11 @@ func (c *Credentials) same(o *Credentials) bool {
 }
 
 // Provider fetches credentials from a secret store. pgsecrets calls it from
-// its cache, never more than once at a time per secret and stage, with a
-// context that carries a deadline.
+// its cache with a context that carries a deadline: once at a time per
+// secret and stage, except that a call that has not answered after a
+// moment (about four times the usual duration, at most 800 ms) gets a
+// second one beside it, and at most two are ever in flight per secret.
+// Fetch must therefore be safe for concurrent use and honour ctx.
 //
 // Fetch returns the credentials at the given version stage. Errors should
 // be *SecretError values wrapping ErrSecretNotFound, ErrAccessDenied,

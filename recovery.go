@@ -28,7 +28,10 @@ type guard struct {
 	cb         *gobreaker.CircuitBreaker[driver.Conn]
 	sf         singleflight.Group
 	lastState  atomic.Value                // string: the last SQLSTATE that failed a recovery
+	lastReason atomic.Value                // string: the server's message that failed it
+	openedAt   atomic.Int64                // unix nanoseconds: when the breaker last opened
 	failing    atomic.Pointer[failure]     // credentials known rejected, until their recovery ends
+	progress   atomic.Pointer[progress]    // how the running recovery is going, for callers giving up
 	verified   atomic.Pointer[Credentials] // the last credentials that logged in
 	unverified chan struct{}               // slots for logins with credentials not yet verified
 	opens      atomic.Int64
@@ -41,6 +44,7 @@ func (e *entry) guardFor(target string, openFor time.Duration, log *slog.Logger)
 	}
 	g := &guard{openFor: openFor, unverified: make(chan struct{}, maxUnverifiedLogins)}
 	g.lastState.Store("")
+	g.lastReason.Store("")
 	secretID := e.secretID
 	g.cb = gobreaker.NewCircuitBreaker[driver.Conn](gobreaker.Settings{
 		Name:        secretID,
@@ -52,11 +56,12 @@ func (e *entry) guardFor(target string, openFor time.Duration, log *slog.Logger)
 		// Only fresh credentials being rejected counts. A caller giving up,
 		// a store outage or an unreachable server says nothing about them.
 		IsExcluded: func(err error) bool {
-			return !errors.Is(err, ErrAuthFailed) || errors.Is(err, ErrStoreUnavailable)
+			return !errors.Is(err, ErrAuthFailed) || errors.Is(err, ErrStoreUnavailable) || isContextErr(err)
 		},
 		OnStateChange: func(_ string, from, to gobreaker.State) {
 			switch to {
 			case gobreaker.StateOpen:
+				g.openedAt.Store(time.Now().UnixNano())
 				if from == gobreaker.StateClosed {
 					g.opens.Add(1)
 				}
@@ -73,9 +78,34 @@ func (e *entry) guardFor(target string, openFor time.Duration, log *slog.Logger)
 
 func (g *guard) openError(secretID string) error {
 	state, _ := g.lastState.Load().(string)
-	return &SecretError{Kind: ErrCircuitOpen, SecretID: secretID, SQLState: state,
-		Detail: "the database kept rejecting this secret's credentials; not trying again for " + g.openFor.String(),
-		Hint:   "check that the secret's password matches the database role's, then wait for the breaker to probe again"}
+	reason, _ := g.lastReason.Load().(string)
+	next := g.openFor
+	if at := g.openedAt.Load(); at != 0 {
+		next = max(0, g.openFor-time.Since(time.Unix(0, at)))
+	}
+	detail := "the database kept rejecting this secret's credentials"
+	if reason != "" {
+		detail += " (" + reason + ")"
+	}
+	detail += "; the next attempt is in " + next.Round(time.Millisecond).String()
+	return &SecretError{Kind: ErrCircuitOpen, SecretID: secretID, SQLState: state, Detail: detail,
+		Hint: authHint(state) + "; pgsecrets retries by itself once the breaker's interval has passed"}
+}
+
+// authHint says what to check after a rejected login with sqlstate.
+func authHint(sqlstate string) string {
+	if sqlstate == sqlStateInvalidAuthSpec {
+		return "the server refused the login before checking any password: check pg_hba.conf (user, database, client address, hostssl vs sslmode) and that the role exists and may log in"
+	}
+	return "check that the secret's password matches the database role's, and that the secret's username is the role's name"
+}
+
+// progress is how a running recovery is going: the last credentials it saw
+// rejected and the store's last failure.
+type progress struct {
+	f        failure
+	storeErr error
+	started  time.Time
 }
 
 // failure is a login the database rejected.
@@ -97,7 +127,10 @@ type failure struct {
 // never tried twice, so a wrong secret costs no extra logins, only store
 // calls.
 func (c *Connector) recover(ctx context.Context, f failure) (*Credentials, driver.Conn, error) {
-	probing := c.guard.cb.State() == gobreaker.StateHalfOpen
+	// Credentials that never logged in to this target are a configuration
+	// problem, not a rotation in progress: one round, then the error. So is
+	// the breaker's probe.
+	oneRound := c.guard.cb.State() == gobreaker.StateHalfOpen || c.guard.verified.Load() == nil
 	// Unbuffered: the result, with the connection recovery logged in with,
 	// is handed over only to a caller still waiting; otherwise the
 	// connection is closed here.
@@ -108,8 +141,9 @@ func (c *Connector) recover(ctx context.Context, f failure) (*Credentials, drive
 		v, err, _ := c.guard.sf.Do("recover", func() (any, error) {
 			ran = true
 			c.guard.failing.Store(&f)
+			c.guard.progress.Store(&progress{f: f, started: time.Now()})
 			defer c.guard.failing.Store(nil)
-			return c.recoverRounds(f, probing)
+			return c.recoverRounds(f, oneRound)
 		})
 		r, _ := v.(recovered)
 		r.err = err
@@ -132,8 +166,25 @@ func (c *Connector) recover(ctx context.Context, f failure) (*Credentials, drive
 		return r.creds, r.conn, r.err
 	case <-ctx.Done():
 		close(gone)
-		return nil, nil, ctx.Err()
+		return nil, nil, c.recoveryWaitError(ctx, f)
 	}
+}
+
+// recoveryWaitError is the error of a caller that gave up waiting for a
+// recovery: what had been rejected, and what the recovery had met so far.
+func (c *Connector) recoveryWaitError(ctx context.Context, f failure) error {
+	p := &progress{f: f, started: time.Now()}
+	if cur := c.guard.progress.Load(); cur != nil {
+		p = cur
+	}
+	detail := fmt.Sprintf("gave up waiting for the recovery (running for %s) after the database rejected user %q",
+		time.Since(p.started).Round(time.Millisecond), p.f.creds.Username)
+	cause := p.f.err
+	if p.storeErr != nil {
+		detail += "; the secret store is failing too"
+		cause = errors.Join(cause, p.storeErr)
+	}
+	return waitError(ctx, c.cfg.SecretID, p.f.creds, p.f.sqlstate, detail, cause)
 }
 
 // recovered is the outcome of a recovery: the credentials found, and the
@@ -146,6 +197,10 @@ type recovered struct {
 
 func (c *Connector) recoverRounds(f failure, oneRound bool) (recovered, error) {
 	e := c.entry
+	started := time.Now()
+	report := func(f failure, storeErr error) {
+		c.guard.progress.Store(&progress{f: f, storeErr: storeErr, started: started})
+	}
 	failed, state, loginErr := f.creds, f.sqlstate, f.err
 	c.log.Info(EventAuthFailed, "secret_id", c.cfg.SecretID, "stage", failed.Stage, "version_id", failed.VersionID,
 		"user", failed.Username, "sqlstate", state)
@@ -176,6 +231,7 @@ func (c *Connector) recoverRounds(f failure, oneRound bool) (recovered, error) {
 		if st, ok := authFailure(err); ok {
 			tried = append(tried, cr)
 			state, loginErr = st, err
+			report(failure{creds: cr, sqlstate: st, err: err}, storeErr)
 			return false, nil
 		}
 		return true, err
@@ -210,6 +266,7 @@ func (c *Connector) recoverRounds(f failure, oneRound bool) (recovered, error) {
 			cur, err := e.fetch(ctx, e.stage, c.pol, anyGen)
 			if errors.Is(err, ErrStoreUnavailable) {
 				storeErr = err
+				report(failure{creds: tried[len(tried)-1], sqlstate: state, err: loginErr}, storeErr)
 			}
 			switch {
 			case err == nil && !seen(cur):
@@ -261,6 +318,9 @@ func (c *Connector) recoverRounds(f failure, oneRound bool) (recovered, error) {
 	}
 
 	c.guard.lastState.Store(state)
+	if loginErr != nil {
+		c.guard.lastReason.Store(loginErr.Error())
+	}
 	cause := loginErr
 	if len(tried) == 1 && storeErr != nil {
 		// No fresh credentials were rejected: the store kept recovery from
@@ -270,9 +330,15 @@ func (c *Connector) recoverRounds(f failure, oneRound bool) (recovered, error) {
 	c.log.Warn(EventRecoveryFailed, "secret_id", c.cfg.SecretID, "stage", failed.Stage, "version_id", failed.VersionID,
 		"user", failed.Username, "sqlstate", state, "took", time.Since(start).Round(time.Millisecond),
 		"credentials_tried", len(tried))
+	detail := fmt.Sprintf("the database rejected user %q, and fetching the secret again (%s and %s) for %s found no credentials it accepts",
+		failed.Username, e.stage, stagePending, window)
+	if oneRound {
+		detail = fmt.Sprintf("the database rejected user %q, and fetching the secret again (%s and %s) found no other credentials it accepts",
+			failed.Username, e.stage, stagePending)
+		if c.guard.verified.Load() == nil {
+			detail += "; nothing from this secret has logged in to this database yet, so this is not a rotation in progress and pgsecrets does not wait for one"
+		}
+	}
 	return recovered{}, &SecretError{Kind: ErrAuthFailed, SecretID: c.cfg.SecretID, Stage: failed.Stage,
-		VersionID: failed.VersionID, SQLState: state, Err: cause,
-		Detail: fmt.Sprintf("the database rejected user %q, and fetching the secret again (%s and %s) for %s found no credentials it accepts",
-			failed.Username, e.stage, stagePending, window),
-		Hint: "check that the secret's password matches the database role's, and that pg_hba.conf admits this user and address"}
+		VersionID: failed.VersionID, SQLState: state, Err: cause, Detail: detail, Hint: authHint(state)}
 }
