@@ -204,8 +204,8 @@ func TestColdCacheOneFetch(t *testing.T) {
 	}
 }
 
-// A caller whose context ends while the store hangs returns at once with
-// ctx.Err(); closing the DB ends the hung fetch.
+// A caller whose context ends while the store hangs returns at once with an
+// error wrapping ctx.Err(); closing the DB ends the hung fetch.
 func TestCancelWhileStoreHangs(t *testing.T) {
 	r := newRig(t)
 	r.sm.Inject("GetSecretValue", smtest.Fault{Kind: smtest.HangUntilCancel})
@@ -217,14 +217,17 @@ func TestCancelWhileStoreHangs(t *testing.T) {
 		t.Fatal(err)
 	}
 	cancel()
-	if err := <-done; !errors.Is(err, context.Canceled) {
-		t.Errorf("PingContext = %v, want context.Canceled", err)
+	var se *pgsecrets.SecretError
+	if err := <-done; !errors.Is(err, context.Canceled) || !errors.As(err, &se) || se.SecretID != r.secretID {
+		t.Errorf("PingContext = %v, want a *SecretError wrapping context.Canceled", err)
 	}
-	// A second caller with a deadline gets DeadlineExceeded, not a store error.
+	// A second caller with a deadline gets DeadlineExceeded, saying what it
+	// waited for.
 	ctx2, cancel2 := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel2()
-	if err := db.PingContext(ctx2); !errors.Is(err, context.DeadlineExceeded) {
-		t.Errorf("PingContext = %v, want context.DeadlineExceeded", err)
+	if err := db.PingContext(ctx2); !errors.Is(err, context.DeadlineExceeded) || !errors.As(err, &se) ||
+		!strings.Contains(err.Error(), r.secretID) || !strings.Contains(err.Error(), "store") {
+		t.Errorf("PingContext = %v, want a *SecretError naming the secret and the store, wrapping context.DeadlineExceeded", err)
 	}
 	if err := db.Close(); err != nil {
 		t.Fatal(err)

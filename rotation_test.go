@@ -371,21 +371,26 @@ func TestMaxStaleEnforced(t *testing.T) {
 	}
 }
 
-// A wrong password in the secret: bounded store calls and logins, clear
-// errors, then fail-fast.
+// A wrong password in the secret from the start (default retry window,
+// callers with 2 s deadlines): bounded store calls and logins, clear errors
+// naming the secret and SQLSTATE, then fail-fast; no caller waits for its
+// deadline.
 func TestWrongPasswordBreaker(t *testing.T) {
 	r := newRig(t)
 	const wrong = "pw-wrong-never-print"
 	r.sm.PutSecretValue(r.secretID, rdsSecret(r.role, wrong, nil))
 	times := callTimes(r.sm)
 	const openFor = time.Second
-	db, c := r.openC(r.kv("secret_retry_window=1s"), pgsecrets.WithBreakerOpenInterval(openFor))
+	db, c := r.openC(r.kv(""), pgsecrets.WithBreakerOpenInterval(openFor))
 
 	const run = 5 * time.Second
 	var authErrs, openErrs, other atomic.Int64
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
 	var otherMsg atomic.Value
+	var mu sync.Mutex
+	var latencies []time.Duration // after the first second
+	begin := time.Now()
 	for i := 0; i < 16; i++ {
 		wg.Add(1)
 		go func() {
@@ -396,15 +401,30 @@ func TestWrongPasswordBreaker(t *testing.T) {
 					return
 				default:
 				}
-				err := db.Ping()
+				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				start := time.Now()
+				err := db.PingContext(ctx)
+				took := time.Since(start)
+				cancel()
+				if start.Sub(begin) > time.Second {
+					mu.Lock()
+					latencies = append(latencies, took)
+					mu.Unlock()
+				}
 				msg := fmt.Sprint(err)
+				var pqErr *pq.Error
 				switch {
 				case strings.Contains(msg, wrong) || strings.Contains(msg, r.password):
 					other.Add(1)
 					otherMsg.Store("LEAK: " + msg)
-				case errors.Is(err, pgsecrets.ErrCircuitOpen) && strings.Contains(msg, r.secretID) && strings.Contains(msg, "28P01"):
+				case errors.Is(err, context.DeadlineExceeded):
+					other.Add(1)
+					otherMsg.Store("waited for its deadline: " + msg)
+				case errors.Is(err, pgsecrets.ErrCircuitOpen) && strings.Contains(msg, r.secretID) && strings.Contains(msg, "28P01") &&
+					strings.Contains(msg, "password authentication failed"):
 					openErrs.Add(1)
-				case errors.Is(err, pgsecrets.ErrAuthFailed) && strings.Contains(msg, r.secretID) && strings.Contains(msg, "28P01"):
+				case errors.Is(err, pgsecrets.ErrAuthFailed) && strings.Contains(msg, r.secretID) && strings.Contains(msg, "28P01") &&
+					errors.As(err, &pqErr) && pqErr.Code == "28P01":
 					authErrs.Add(1)
 				default:
 					other.Add(1)
@@ -420,8 +440,8 @@ func TestWrongPasswordBreaker(t *testing.T) {
 	calls := times()
 	logins := r.pg.AuthFailures(r.role)
 	st := c.Stats()
-	t.Logf("5 s, 16 goroutines: auth errors=%d, circuit-open errors=%d, other=%d; store calls=%d (max %d in 1 s); db login failures=%d; stats %+v",
-		authErrs.Load(), openErrs.Load(), other.Load(), len(calls), maxPerSecond(calls), logins, st)
+	t.Logf("5 s, 16 goroutines: auth errors=%d, circuit-open errors=%d, other=%d; store calls=%d (max %d in 1 s); db login failures=%d; median ping after 1 s %s; stats %+v",
+		authErrs.Load(), openErrs.Load(), other.Load(), len(calls), maxPerSecond(calls), logins, median(latencies), st)
 	if other.Load() != 0 {
 		t.Errorf("%d unexpected errors, e.g. %v", other.Load(), otherMsg.Load())
 	}
@@ -449,7 +469,7 @@ func TestWrongPasswordBreaker(t *testing.T) {
 func TestWrongPasswordColdBurst(t *testing.T) {
 	r := newRig(t)
 	r.sm.PutSecretValue(r.secretID, rdsSecret(r.role, "pw-wrong-burst", nil))
-	db := r.open(r.kv("secret_retry_window=1s"), pgsecrets.WithBreakerOpenInterval(time.Hour))
+	db := r.open(r.kv(""), pgsecrets.WithBreakerOpenInterval(time.Hour))
 	db.SetMaxOpenConns(0)
 	start := make(chan struct{})
 	var wg sync.WaitGroup
@@ -485,7 +505,7 @@ func TestWrongPasswordColdBurst(t *testing.T) {
 func TestBreakerFailsFast(t *testing.T) {
 	r := newRig(t)
 	r.sm.PutSecretValue(r.secretID, rdsSecret(r.role, "pw-wrong", nil))
-	db, c := r.openC(r.kv("secret_retry_window=200ms"), pgsecrets.WithBreakerOpenInterval(time.Hour))
+	db, c := r.openC(r.kv(""), pgsecrets.WithBreakerOpenInterval(time.Hour))
 	if err := db.Ping(); !errors.Is(err, pgsecrets.ErrAuthFailed) {
 		t.Fatalf("first ping: %v", err)
 	}

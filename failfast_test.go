@@ -1,0 +1,276 @@
+package pgsecrets_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/lib/pq"
+	"github.com/pgsecrets/pgsecrets"
+	"github.com/pgsecrets/pgsecrets/smtest"
+)
+
+// Fail fast, say why: a persistent problem answers with its own error, and
+// a caller whose context ends learns what it was waiting for.
+
+// waitedFor checks that err is a *SecretError naming the secret that wraps
+// want (a context error), and returns it.
+func waitedFor(t *testing.T, err error, secretID string, want error) *pgsecrets.SecretError {
+	t.Helper()
+	var se *pgsecrets.SecretError
+	if !errors.As(err, &se) || !errors.Is(err, want) || se.SecretID != secretID ||
+		!strings.Contains(err.Error(), secretID) {
+		t.Fatalf("got %v (%T), want a *SecretError naming %q that wraps %v", err, err, secretID, want)
+	}
+	return se
+}
+
+// A role pg_hba.conf refuses (28000): the server's answer at once, not a
+// retry window.
+func TestPgHbaRefusalFailsFast(t *testing.T) {
+	r := newRig(t)
+	ctx := context.Background()
+	if err := r.pg.SetHostSSLOnly(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = r.pg.SetHostSSLOnly(ctx, false) })
+	db, c := r.openC(fmt.Sprintf("host=%s port=%d dbname=postgres sslmode=disable secret_id=%s secret_endpoint=%s",
+		r.pg.Host(), r.pg.Port(), r.secretID, r.sm.URL()), pgsecrets.WithBreakerOpenInterval(time.Hour))
+	// Well inside the default 30 s retry window: waiting for a rotation
+	// would end in DeadlineExceeded.
+	pctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	err := db.PingContext(pctx)
+	var pqErr *pq.Error
+	if !errors.Is(err, pgsecrets.ErrAuthFailed) || errors.Is(err, context.DeadlineExceeded) ||
+		!errors.As(err, &pqErr) || pqErr.Code != "28000" {
+		t.Fatalf("got %v, want ErrAuthFailed wrapping lib/pq's 28000", err)
+	}
+	for _, want := range []string{r.secretID, "28000", "pg_hba.conf", r.role} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("%q does not mention %q", err, want)
+		}
+	}
+	t.Logf("error: %v", err)
+	// The breaker's answer repeats the server's message.
+	err = db.PingContext(pctx)
+	if !errors.Is(err, pgsecrets.ErrCircuitOpen) || !strings.Contains(err.Error(), "no pg_hba.conf entry") {
+		t.Errorf("second ping: %v, want ErrCircuitOpen with the server's message", err)
+	}
+	if st := c.Stats(); st.AuthFailures != 1 {
+		t.Errorf("%d rejected logins, want 1: %+v", st.AuthFailures, st)
+	}
+}
+
+// The store down with nothing cached: every caller gets the store's error
+// at once, one call per backoff interval probes, and the first Connect
+// after the store heals succeeds.
+func TestStoreDownColdFailsFast(t *testing.T) {
+	r := newRig(t)
+	remove := r.sm.Inject("GetSecretValue", smtest.Fault{Kind: smtest.Fail})
+	db := r.open(r.kv(""))
+	db.SetMaxIdleConns(0)
+	start := time.Now()
+	const pings = 50
+	for i := 0; i < pings; i++ {
+		err := db.Ping()
+		var se *pgsecrets.SecretError
+		if !errors.Is(err, pgsecrets.ErrStoreUnavailable) || !errors.As(err, &se) || se.SecretID != r.secretID ||
+			!strings.Contains(err.Error(), "InternalServiceError") {
+			t.Fatalf("ping %d: %v, want ErrStoreUnavailable naming the secret and the store's error", i, err)
+		}
+		if i == pings-1 {
+			t.Logf("error: %v", err)
+		}
+	}
+	elapsed := time.Since(start)
+	// The first call, then at most one per backoff interval (≥ 400 ms).
+	calls := r.sm.Calls("GetSecretValue")
+	if limit := 1 + int(elapsed/(400*time.Millisecond)) + 1; calls > limit {
+		t.Errorf("%d store calls for %d pings in %s, want ≤ %d", calls, pings, elapsed, limit)
+	}
+	t.Logf("%d pings in %s cost %d store calls", pings, elapsed.Round(time.Millisecond), calls)
+	// A caller whose deadline ends while the probe is out still gets the
+	// store's error, not a bare context error.
+	remove()
+	var healed time.Time
+	eventually(t, "a ping after the store heals", func() bool {
+		if db.Ping() == nil {
+			healed = time.Now()
+			return true
+		}
+		return false
+	})
+	t.Logf("first successful ping %s after the store healed", healed.Sub(start.Add(elapsed)).Round(time.Millisecond))
+}
+
+// The store holds requests without answering, then recovers: callers
+// meanwhile learn what they wait for, and the hung request does not hold
+// anyone up once the store answers again.
+func TestStoreHangsThenHeals(t *testing.T) {
+	r := newRig(t)
+	remove := r.sm.Inject("GetSecretValue", smtest.Fault{Kind: smtest.HangUntilCancel})
+	db := r.open(r.kv(""))
+	db.SetMaxIdleConns(0)
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	err := db.PingContext(ctx)
+	cancel()
+	waitedFor(t, err, r.secretID, context.DeadlineExceeded)
+	if !strings.Contains(err.Error(), "had not answered") {
+		t.Errorf("%q does not say the store had not answered", err)
+	}
+	t.Logf("error: %v", err)
+	remove()
+	// The request sent during the hang is still out (smtest holds it until
+	// the client gives up, storeTimeout = 10 s). A fresh request must reach
+	// the healed store long before that.
+	ctx, cancel = context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	healed := time.Now()
+	if err := db.PingContext(ctx); err != nil {
+		t.Fatalf("ping after the store healed: %v", err)
+	}
+	t.Logf("ping through %s after the store healed; %d store requests", time.Since(healed).Round(time.Millisecond),
+		r.sm.Calls("GetSecretValue"))
+}
+
+// A rotation in progress (credentials that worked are rejected, the store
+// has nothing newer yet): a caller whose deadline ends gets the rejection
+// it was waiting out, with the SQLSTATE and lib/pq's error.
+func TestRecoveryWaitSaysWhy(t *testing.T) {
+	r := newRig(t)
+	db := r.open(r.kv(""))
+	db.SetMaxIdleConns(0)
+	if err := db.Ping(); err != nil {
+		t.Fatal(err)
+	}
+	pw := randomPassword()
+	if err := r.pg.SetPassword(context.Background(), r.role, pw); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	err := db.PingContext(ctx)
+	cancel()
+	se := waitedFor(t, err, r.secretID, context.DeadlineExceeded)
+	var pqErr *pq.Error
+	if se.SQLState != "28P01" || !errors.As(err, &pqErr) || pqErr.Code != "28P01" ||
+		!strings.Contains(err.Error(), "recovery") {
+		t.Errorf("got %v, want the 28P01 rejection the recovery was waiting out", err)
+	}
+	if errors.Is(err, pgsecrets.ErrAuthFailed) || errors.Is(err, pgsecrets.ErrCircuitOpen) {
+		t.Errorf("a caller giving up is not a verdict on the credentials: %v", err)
+	}
+	t.Logf("error: %v", err)
+	// The store catches up; the same DB recovers.
+	if _, err := r.sm.PutSecretValue(r.secretID, rdsSecret(r.role, pw, nil)); err != nil {
+		t.Fatal(err)
+	}
+	r.password = pw
+	if err := db.Ping(); err != nil {
+		t.Fatalf("after the store caught up: %v", err)
+	}
+}
+
+// The password changes after the process has been serving and the store is
+// fixed only 10 s later: callers whose deadline is longer than the gap see
+// no failure.
+func TestRotationStoreFixedLate(t *testing.T) {
+	r := newRig(t)
+	db, c := r.openC(r.kv("secret_ttl=1h secret_retry_window=30s"))
+	rotationPool(db)
+	var ok, failed atomic.Int64
+	var mu sync.Mutex
+	var firstErrs []string
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := 0; i < 16; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+				var one int
+				err := db.QueryRowContext(ctx, "SELECT 1").Scan(&one)
+				cancel()
+				if err != nil {
+					failed.Add(1)
+					mu.Lock()
+					if len(firstErrs) < 5 {
+						firstErrs = append(firstErrs, err.Error())
+					}
+					mu.Unlock()
+					continue
+				}
+				ok.Add(1)
+			}
+		}()
+	}
+	eventually(t, "the load running", func() bool { return ok.Load() > 200 })
+	v := r.wrongOrder(t, 10*time.Second)
+	eventually(t, "the new version in use", func() bool { return c.Stats().VersionID == v })
+	n := ok.Load()
+	eventually(t, "queries after the fix", func() bool { return ok.Load() > n+200 })
+	close(stop)
+	wg.Wait()
+	t.Logf("queries ok=%d failed=%d; stats %+v", ok.Load(), failed.Load(), c.Stats())
+	if f := failed.Load(); f != 0 {
+		t.Errorf("%d failed queries; first errors:\n%s", f, strings.Join(firstErrs, "\n"))
+	}
+}
+
+// Refresh fetches now and returns the version it got.
+func TestConnectorRefresh(t *testing.T) {
+	r := newRig(t)
+	db, c := r.openC(r.kv("secret_ttl=1h"))
+	if err := db.Ping(); err != nil {
+		t.Fatal(err)
+	}
+	v, err := r.sm.PutSecretValue(r.secretID, rdsSecret(r.role, r.password, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Stats().VersionID == v {
+		t.Fatal("the new version is in use before Refresh")
+	}
+	got, err := c.Refresh(context.Background())
+	if err != nil || got != v {
+		t.Fatalf("Refresh = %q, %v; want %q", got, err, v)
+	}
+	if st := c.Stats(); st.VersionID != v {
+		t.Errorf("stats show version %s after Refresh, want %s", st.VersionID, v)
+	}
+	// The store failing: Refresh says so, and the cached version stays.
+	remove := r.sm.Inject("GetSecretValue", smtest.Fault{Kind: smtest.Fail})
+	if _, err := c.Refresh(context.Background()); !errors.Is(err, pgsecrets.ErrStoreUnavailable) {
+		t.Errorf("Refresh with the store down = %v, want ErrStoreUnavailable", err)
+	}
+	remove()
+	if err := db.Ping(); err != nil {
+		t.Errorf("ping after a failed Refresh: %v", err)
+	}
+	c.Close()
+	if _, err := c.Refresh(context.Background()); err == nil {
+		t.Error("Refresh on a closed connector succeeded")
+	}
+}
+
+// median of ds, for logs.
+func median(ds []time.Duration) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[len(s)/2]
+}
