@@ -540,7 +540,9 @@ func (e *entry) hedged(stage string, pol policy) (*Credentials, time.Duration, e
 				return a.creds, a.took, a.err
 			}
 			if want {
-				want = !send()
+				if want = !send(); !want {
+					timer.Reset(delay)
+				}
 			}
 		case <-timer.C:
 			if len(live) >= maxInFlight {

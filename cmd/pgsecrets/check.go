@@ -42,9 +42,10 @@ what to fix when something is wrong. Each step is timed:
                 warning when the session is not encrypted.
   5. advice     the db.SetConnMaxLifetime to use, and why.
 
-The check gives up on a login the database rejects after
-min(secret_retry_window, 5s) of recovery (re-fetching the secret and its
-AWSPENDING version), not the DSN's full retry window.
+A login the database rejects is reported after one recovery round
+(the secret and its AWSPENDING version fetched again), as the driver does
+for credentials that have never logged in: in milliseconds, not after the
+DSN's retry window.
 
 Exit status: 0 when a query ran; 1 when a step failed (the last line says
 "FAIL: <reason>"); 2 for usage errors.
@@ -57,10 +58,6 @@ Flags:
 
 The DSN may also be given as the environment variable PGSECRETS_DSN.
 `
-
-// checkRetryWindow caps the driver's recovery when the check logs in: an
-// operator wants the diagnosis, not 30 s of retries.
-const checkRetryWindow = 5 * time.Second
 
 // checkReport is what check found; --json prints it as is.
 type checkReport struct {
@@ -337,12 +334,12 @@ func (c *checker) run(parent context.Context, dsn string) {
 	}
 	sec.CredentialsSource = awsCreds.Source
 
-	// The connector the check logs in with: the same DSN, with the
-	// recovery window capped (see checkRetryWindow).
+	// The connector the check logs in with: the same DSN. It has never
+	// logged in, so a rejected login gets one recovery round, not the
+	// retry window.
 	c.diag.step = "checking the DSN with lib/pq"
 	connCfg := *cfg
 	connCfg.Password = pgsecrets.Secret{}
-	connCfg.RetryWindow = min(cfg.RetryWindow, checkRetryWindow)
 	connector, err := pgsecrets.NewConnector(connCfg.FormatDSN(),
 		pgsecrets.WithSecretsManagerClient(client), pgsecrets.WithLogger(slog.New(slog.DiscardHandler)))
 	if err != nil {

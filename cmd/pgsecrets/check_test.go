@@ -298,7 +298,7 @@ func TestCheckFailures(t *testing.T) {
 				if _, err := r.sm.PutSecretValue(r.secretID, secretJSON(r.role, wrong)); err != nil {
 					t.Fatal(err)
 				}
-				return r.dsn("secret_retry_window=300ms")
+				return r.dsn("")
 			},
 			code:    1,
 			failure: "auth_failed",
@@ -338,7 +338,7 @@ func TestCheckFailures(t *testing.T) {
 						t.Error(err)
 					}
 				})
-				return r.dsn("sslmode=disable secret_retry_window=300ms")
+				return r.dsn("sslmode=disable")
 			},
 			code:    1,
 			failure: "auth_failed",
