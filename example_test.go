@@ -4,12 +4,14 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"expvar"
 	"fmt"
 	"log"
 	"log/slog"
 	"os"
 
+	"github.com/lib/pq"
 	"github.com/pgsecrets/pgsecrets"
 	"github.com/pgsecrets/pgsecrets/internal/testdb"
 	"github.com/pgsecrets/pgsecrets/smtest"
@@ -149,4 +151,65 @@ func ExampleSecret() {
 	// [REDACTED]
 	// [REDACTED] "[REDACTED]"
 	// {"password":"[REDACTED]"}
+}
+
+// Refresh picks up a new version at once, for an application told of a
+// rotation by something else (an EventBridge rule on RotationSucceeded, a
+// deploy hook).
+func ExampleConnector_Refresh() {
+	dsn, sm, cleanup := exampleWorld("events_app")
+	defer cleanup()
+
+	connector, err := pgsecrets.NewConnector(dsn + "&secret_ttl=1h")
+	if err != nil {
+		log.Fatal(err)
+	}
+	db := sql.OpenDB(connector)
+	defer db.Close()
+	if err := db.Ping(); err != nil {
+		log.Fatal(err)
+	}
+
+	// Elsewhere, a new version of the secret is written (same password
+	// here, so the database needs no change).
+	newVersion, err := sm.PutSecretValue("prod/events_app",
+		`{"username":"events_app","password":"example-events_app-pw","engine":"postgres"}`)
+	if err != nil {
+		log.Fatal(err)
+	}
+
+	version, err := connector.Refresh(context.Background())
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("now using the new version:", version == newVersion, connector.Stats().VersionID == newVersion)
+	// Output: now using the new version: true true
+}
+
+// A secret whose password the database rejects fails at once, with
+// lib/pq's error inside.
+func ExampleSecretError() {
+	dsn, sm, cleanup := exampleWorld("typo_app")
+	defer cleanup()
+	if _, err := sm.PutSecretValue("prod/typo_app", `{"username":"typo_app","password":"not-the-password"}`); err != nil {
+		log.Fatal(err)
+	}
+
+	db, err := sql.Open("pgsecrets", dsn)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer db.Close()
+
+	err = db.Ping()
+	var se *pgsecrets.SecretError
+	var pqErr *pq.Error
+	if errors.As(err, &se) && errors.As(err, &pqErr) {
+		fmt.Println(errors.Is(err, pgsecrets.ErrAuthFailed), se.SecretID, se.SQLState, pqErr.Code.Name())
+	}
+	// A second attempt is answered by the circuit breaker, without I/O.
+	fmt.Println(errors.Is(db.Ping(), pgsecrets.ErrCircuitOpen))
+	// Output:
+	// true prod/typo_app 28P01 invalid_password
+	// true
 }

@@ -142,6 +142,7 @@ func (c *Connector) recover(ctx context.Context, f failure) (*Credentials, drive
 			ran = true
 			c.guard.failing.Store(&f)
 			c.guard.progress.Store(&progress{f: f, started: time.Now()})
+			defer c.guard.progress.Store(nil)
 			defer c.guard.failing.Store(nil)
 			return c.recoverRounds(f, oneRound)
 		})
