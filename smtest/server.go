@@ -419,6 +419,9 @@ func isolatedEnv(akid, region string) map[string]string {
 		"AWS_IGNORE_CONFIGURED_ENDPOINT_URLS":    "",
 		"AWS_USE_FIPS_ENDPOINT":                  "",
 		"AWS_USE_DUALSTACK_ENDPOINT":             "",
+		// The server speaks plain HTTP; a machine's CA bundle would only
+		// be parsed again by every client built (milliseconds each).
+		"AWS_CA_BUNDLE": "",
 	}
 }
 
