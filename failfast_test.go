@@ -19,16 +19,26 @@ import (
 // Fail fast, say why: a persistent problem answers with its own error, and
 // a caller whose context ends learns what it was waiting for.
 
-// waitedFor checks that err is a *SecretError naming the secret that wraps
-// want (a context error), and returns it.
-func waitedFor(t *testing.T, err error, secretID string, want error) *pgsecrets.SecretError {
+// waitedFor checks that err is a *SecretError naming the rig's secret that
+// wraps want (a context error), with no password in any printed form, and
+// returns it.
+func waitedFor(t *testing.T, r *rig, err error, want error) *pgsecrets.SecretError {
 	t.Helper()
 	var se *pgsecrets.SecretError
-	if !errors.As(err, &se) || !errors.Is(err, want) || se.SecretID != secretID ||
-		!strings.Contains(err.Error(), secretID) {
-		t.Fatalf("got %v (%T), want a *SecretError naming %q that wraps %v", err, err, secretID, want)
+	if !errors.As(err, &se) || !errors.Is(err, want) || se.SecretID != r.secretID ||
+		!strings.Contains(err.Error(), r.secretID) {
+		t.Fatalf("got %v (%T), want a *SecretError naming %q that wraps %v", err, err, r.secretID, want)
 	}
+	noPassword(t, r, err)
 	return se
+}
+
+// noPassword fails if err prints the rig's password, whatever the verb.
+func noPassword(t *testing.T, r *rig, err error) {
+	t.Helper()
+	if strings.Contains(fmt.Sprintf("%v %+v %#v %s", err, err, err, err), r.password) {
+		t.Errorf("error prints the password: %v", err)
+	}
 }
 
 // A role pg_hba.conf refuses (28000): the server's answer at once, not a
@@ -57,6 +67,7 @@ func TestPgHbaRefusalFailsFast(t *testing.T) {
 			t.Errorf("%q does not mention %q", err, want)
 		}
 	}
+	noPassword(t, r, err)
 	t.Logf("error: %v", err)
 	// The breaker's answer repeats the server's message.
 	err = db.PingContext(pctx)
@@ -86,6 +97,7 @@ func TestStoreDownColdFailsFast(t *testing.T) {
 			t.Fatalf("ping %d: %v, want ErrStoreUnavailable naming the secret and the store's error", i, err)
 		}
 		if i == pings-1 {
+			noPassword(t, r, err)
 			t.Logf("error: %v", err)
 		}
 	}
@@ -96,8 +108,7 @@ func TestStoreDownColdFailsFast(t *testing.T) {
 		t.Errorf("%d store calls for %d pings in %s, want ≤ %d", calls, pings, elapsed, limit)
 	}
 	t.Logf("%d pings in %s cost %d store calls", pings, elapsed.Round(time.Millisecond), calls)
-	// A caller whose deadline ends while the probe is out still gets the
-	// store's error, not a bare context error.
+	// The store heals: the next probe gets through.
 	remove()
 	var healed time.Time
 	eventually(t, "a ping after the store heals", func() bool {
@@ -121,7 +132,7 @@ func TestStoreHangsThenHeals(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	err := db.PingContext(ctx)
 	cancel()
-	waitedFor(t, err, r.secretID, context.DeadlineExceeded)
+	waitedFor(t, r, err, context.DeadlineExceeded)
 	if !strings.Contains(err.Error(), "had not answered") {
 		t.Errorf("%q does not say the store had not answered", err)
 	}
@@ -157,7 +168,7 @@ func TestRecoveryWaitSaysWhy(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	err := db.PingContext(ctx)
 	cancel()
-	se := waitedFor(t, err, r.secretID, context.DeadlineExceeded)
+	se := waitedFor(t, r, err, context.DeadlineExceeded)
 	var pqErr *pq.Error
 	if se.SQLState != "28P01" || !errors.As(err, &pqErr) || pqErr.Code != "28P01" ||
 		!strings.Contains(err.Error(), "recovery") {

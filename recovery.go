@@ -83,7 +83,7 @@ func (g *guard) openError(secretID string) error {
 	if at := g.openedAt.Load(); at != 0 {
 		next = max(0, g.openFor-time.Since(time.Unix(0, at)))
 	}
-	detail := "the database kept rejecting this secret's credentials"
+	detail := "the database rejected this secret's credentials"
 	if reason != "" {
 		detail += " (" + reason + ")"
 	}

@@ -459,6 +459,11 @@ func TestWrongPasswordBreaker(t *testing.T) {
 	if m := maxPerSecond(calls); m > 4 {
 		t.Errorf("%d store calls within one second, want ≤ 4", m)
 	}
+	// The first burst: the fetch and one recovery round (≤ 4 calls); then
+	// each probe's login and its round (2 calls).
+	if maxCalls := 4 + 2*probes; len(calls) > maxCalls {
+		t.Errorf("%d store calls, want ≤ %d", len(calls), maxCalls)
+	}
 	if st.BreakerOpens == 0 {
 		t.Error("breaker never opened")
 	}
@@ -494,9 +499,13 @@ func TestWrongPasswordColdBurst(t *testing.T) {
 	logins := r.pg.AuthFailures(r.role)
 	t.Logf("100 callers: %d auth errors, %d circuit-open errors; %d rejected logins; %d store calls",
 		authErrs.Load(), openErrs.Load(), logins, r.sm.Calls("GetSecretValue"))
-	// At most maxUnverifiedLogins (4) logins with the unproven credentials.
+	// At most maxUnverifiedLogins (4) logins with the unproven credentials,
+	// and one recovery round for all of them.
 	if logins > 4 {
 		t.Errorf("%d rejected logins for a burst of 100, want ≤ 4", logins)
+	}
+	if calls := r.sm.Calls("GetSecretValue"); calls > 4 {
+		t.Errorf("%d store calls for a burst of 100, want ≤ 4", calls)
 	}
 }
 
