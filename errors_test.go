@@ -106,7 +106,7 @@ func TestInternalValuesRedacted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, v := range []any{creds, *creds, e, f, &f, cfg, *cfg, fetchResult{creds: creds}, policy{}} {
+	for _, v := range []any{creds, *creds, e, f, &f, &progress{f: f}, cfg, *cfg, fetchResult{creds: creds}, policy{}} {
 		for _, verb := range []string{"%v", "%+v", "%#v", "%s", "%q"} {
 			if out := fmt.Sprintf(verb, v); strings.Contains(out, pw) {
 				t.Errorf("%s of %T shows the password: %s", verb, v, out)

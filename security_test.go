@@ -123,6 +123,12 @@ func TestNoPasswordAnywhere(t *testing.T) {
 		t.Errorf("breaker: %v", err)
 	}
 	seen = append(seen, wc.Stats(), wc, c, staleC)
+	// Printed below with every verb, and %s or %q on a pointer makes fmt
+	// read everything behind it: close the connectors first, so that none
+	// of their goroutines is still running (Close waits for them).
+	for _, d := range []*sql.DB{db, staleDB, wdb} {
+		d.Close()
+	}
 
 	var text strings.Builder
 	text.WriteString(r.logs.String())
