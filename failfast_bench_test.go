@@ -39,13 +39,7 @@ func BenchmarkFirstError(b *testing.B) {
 			if _, err := r.sm.PutSecretValue(r.secretID, rdsSecret(r.role, "wrong-pw", nil)); err != nil {
 				b.Fatal(err)
 			}
-			benchColdOurs(b, r, r.kv(""), func(err error) error {
-				var pqErr *pq.Error
-				if !errors.Is(err, pgsecrets.ErrAuthFailed) || !errors.As(err, &pqErr) || pqErr.Code != "28P01" {
-					return fmt.Errorf("got %v, want ErrAuthFailed wrapping lib/pq's 28P01", err)
-				}
-				return nil
-			})
+			benchColdOurs(b, r, r.kv(""), authFailedWith("28P01"))
 		})
 	})
 
@@ -72,25 +66,14 @@ func BenchmarkFirstError(b *testing.B) {
 			r := newRig(b)
 			dsn := fmt.Sprintf("host=%s port=%d dbname=postgres sslmode=disable secret_id=%s secret_endpoint=%s",
 				r.pg.Host(), r.pg.Port(), r.secretID, r.sm.URL())
-			benchColdOurs(b, r, dsn, func(err error) error {
-				var pqErr *pq.Error
-				if !errors.Is(err, pgsecrets.ErrAuthFailed) || !errors.As(err, &pqErr) || pqErr.Code != "28000" {
-					return fmt.Errorf("got %v, want ErrAuthFailed wrapping lib/pq's 28000", err)
-				}
-				return nil
-			})
+			benchColdOurs(b, r, dsn, authFailedWith("28000"))
 		})
 	})
 
 	b.Run("case=store-down/driver=pgsecrets", func(b *testing.B) {
 		r := newRig(b)
 		b.Cleanup(r.sm.Inject("GetSecretValue", smtest.Fault{Kind: smtest.Fail}))
-		benchColdOurs(b, r, r.kv(""), func(err error) error {
-			if !errors.Is(err, pgsecrets.ErrStoreUnavailable) {
-				return fmt.Errorf("got %v, want ErrStoreUnavailable", err)
-			}
-			return nil
-		})
+		benchColdOurs(b, r, r.kv(""), kindIs(pgsecrets.ErrStoreUnavailable))
 	})
 
 	b.Run("case=store-down-backoff/driver=pgsecrets", func(b *testing.B) {
@@ -101,12 +84,7 @@ func BenchmarkFirstError(b *testing.B) {
 		if err := db.Ping(); !errors.Is(err, pgsecrets.ErrStoreUnavailable) {
 			b.Fatalf("first ping: %v, want ErrStoreUnavailable", err)
 		}
-		benchWarm(b, r, db, func(err error) error {
-			if !errors.Is(err, pgsecrets.ErrStoreUnavailable) {
-				return fmt.Errorf("got %v, want ErrStoreUnavailable", err)
-			}
-			return nil
-		})
+		benchWarm(b, r, db, kindIs(pgsecrets.ErrStoreUnavailable))
 	})
 
 	b.Run("case=breaker-open/driver=pgsecrets", func(b *testing.B) {
@@ -119,13 +97,30 @@ func BenchmarkFirstError(b *testing.B) {
 		if err := db.Ping(); !errors.Is(err, pgsecrets.ErrAuthFailed) {
 			b.Fatalf("first ping: %v, want ErrAuthFailed", err)
 		}
-		benchWarm(b, r, db, func(err error) error {
-			if !errors.Is(err, pgsecrets.ErrCircuitOpen) {
-				return fmt.Errorf("got %v, want ErrCircuitOpen", err)
-			}
-			return nil
-		})
+		benchWarm(b, r, db, kindIs(pgsecrets.ErrCircuitOpen))
 	})
+}
+
+// kindIs checks that an error wraps kind.
+func kindIs(kind error) func(error) error {
+	return func(err error) error {
+		if !errors.Is(err, kind) {
+			return fmt.Errorf("got %v, want %v", err, kind)
+		}
+		return nil
+	}
+}
+
+// authFailedWith checks that an error is ErrAuthFailed wrapping lib/pq's
+// error with sqlstate.
+func authFailedWith(sqlstate string) func(error) error {
+	return func(err error) error {
+		var pqErr *pq.Error
+		if !errors.Is(err, pgsecrets.ErrAuthFailed) || !errors.As(err, &pqErr) || pqErr.Code != pq.ErrorCode(sqlstate) {
+			return fmt.Errorf("got %v, want ErrAuthFailed wrapping lib/pq's %s", err, sqlstate)
+		}
+		return nil
+	}
 }
 
 // benchColdPq opens a lib/pq *sql.DB per iteration and wants its first

@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"sort"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -197,49 +195,13 @@ func TestRotationStoreFixedLate(t *testing.T) {
 	r := newRig(t)
 	db, c := r.openC(r.kv("secret_ttl=1h secret_retry_window=30s"))
 	rotationPool(db)
-	var ok, failed atomic.Int64
-	var mu sync.Mutex
-	var firstErrs []string
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for i := 0; i < 16; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-				var one int
-				err := db.QueryRowContext(ctx, "SELECT 1").Scan(&one)
-				cancel()
-				if err != nil {
-					failed.Add(1)
-					mu.Lock()
-					if len(firstErrs) < 5 {
-						firstErrs = append(firstErrs, err.Error())
-					}
-					mu.Unlock()
-					continue
-				}
-				ok.Add(1)
-			}
-		}()
-	}
-	eventually(t, "the load running", func() bool { return ok.Load() > 200 })
+	l := startLoadDeadline(t, db, 16, 20*time.Second)
+	l.waitQueries(t, 200)
 	v := r.wrongOrder(t, 10*time.Second)
 	eventually(t, "the new version in use", func() bool { return c.Stats().VersionID == v })
-	n := ok.Load()
-	eventually(t, "queries after the fix", func() bool { return ok.Load() > n+200 })
-	close(stop)
-	wg.Wait()
-	t.Logf("queries ok=%d failed=%d; stats %+v", ok.Load(), failed.Load(), c.Stats())
-	if f := failed.Load(); f != 0 {
-		t.Errorf("%d failed queries; first errors:\n%s", f, strings.Join(firstErrs, "\n"))
-	}
+	l.waitQueries(t, 200)
+	l.assertNoFailures(t)
+	t.Logf("queries ok=%d failed=%d; stats %+v", l.ok.Load(), l.failed.Load(), c.Stats())
 }
 
 // Refresh fetches now and returns the version it got.

@@ -34,6 +34,12 @@ func rotationPool(db *sql.DB) {
 }
 
 func startLoad(t *testing.T, db *sql.DB, n int) *load {
+	return startLoadDeadline(t, db, n, 0)
+}
+
+// startLoadDeadline is startLoad with a deadline of d on each query (none
+// if d is 0).
+func startLoadDeadline(t *testing.T, db *sql.DB, n int, d time.Duration) *load {
 	l := &load{stop: make(chan struct{})}
 	for i := 0; i < n; i++ {
 		l.wg.Add(1)
@@ -45,8 +51,14 @@ func startLoad(t *testing.T, db *sql.DB, n int) *load {
 					return
 				default:
 				}
+				ctx, cancel := context.Background(), context.CancelFunc(func() {})
+				if d > 0 {
+					ctx, cancel = context.WithTimeout(ctx, d)
+				}
 				var one int
-				if err := db.QueryRow("SELECT 1").Scan(&one); err != nil {
+				err := db.QueryRowContext(ctx, "SELECT 1").Scan(&one)
+				cancel()
+				if err != nil {
 					l.failed.Add(1)
 					l.mu.Lock()
 					if len(l.firstErrs) < 5 {
