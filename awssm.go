@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
@@ -26,7 +27,30 @@ type awsProvider struct {
 	secretID    string
 	usernameKey string
 	passwordKey string
+	cacheKey    string
 }
+
+func init() {
+	RegisterProvider(DefaultProvider, newAWSProvider)
+}
+
+// newAWSProvider is the awssm factory: a client from the SDK's default
+// chain, shared cache with every connector that reaches the same store.
+func newAWSProvider(ctx context.Context, cfg *Config) (Provider, error) {
+	client, err := NewSecretsManagerClient(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	p := &awsProvider{client: client, secretID: cfg.SecretID, usernameKey: cfg.UsernameKey, passwordKey: cfg.PasswordKey}
+	// Connectors share a cache only if they reach the same store.
+	p.cacheKey = "sdk:" + client.Options().Region + "|" + cfg.Endpoint + "|" +
+		os.Getenv("AWS_ENDPOINT_URL_SECRETS_MANAGER") + "|" + os.Getenv("AWS_ENDPOINT_URL")
+	return p, nil
+}
+
+// CacheKey implements CacheKeyer for providers built from the DSN; one
+// built around a caller's client has none (that client is its identity).
+func (p *awsProvider) CacheKey() string { return p.cacheKey }
 
 // NewSecretsManagerClient builds the Secrets Manager client a connector
 // uses for cfg: the SDK's default configuration chain (environment, shared

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"sync"
@@ -49,6 +50,11 @@ const anyGen = -1
 // notice that the rotation finished.
 const pendingRecheck = 5 * time.Second
 
+// rotateGraceMin is the least delay after a store's announced rotation
+// time (Credentials.RotatesAt) before the credentials are fetched again; the
+// delay is jittered up to twice that.
+const rotateGraceMin = 100 * time.Millisecond
+
 // stagePending is the stage AWS's rotation writes the new password to.
 const stagePending = "AWSPENDING"
 
@@ -74,24 +80,27 @@ type entry struct {
 	refs   int // guarded by registry
 	sf     singleflight.Group
 
-	mu         sync.Mutex
-	closed     bool
-	cur        *Credentials // last version fetched at stage
-	fetchedAt  time.Time
-	pending    *Credentials         // a validated AWSPENDING version, used until stage catches up
-	lastCall   map[string]time.Time // per stage
-	nextCall   time.Time            // earliest next call after failures
-	failures   int
-	refreshing bool
-	outage     bool                 // the store is failing; warned once
-	lastErr    error                // the last failed call's error (stage's, or any unavailable one) until a success
-	calling    map[string]time.Time // per stage: when the call in progress started
-	inflight   int                  // store requests out, every stage together
-	typical    time.Duration        // smoothed duration of successful requests
-	gen        int64                // successful fetches of stage, for callers that saw a miss
+	mu          sync.Mutex
+	closed      bool
+	cur         *Credentials // last version fetched at stage
+	fetchedAt   time.Time
+	pending     *Credentials         // a validated AWSPENDING version, used until stage catches up
+	lastCall    map[string]time.Time // per stage
+	nextCall    time.Time            // earliest next call after failures
+	failures    int
+	refreshing  bool
+	outage      bool                 // the store is failing; warned once
+	lastErr     error                // the last failed call's error (stage's, or any unavailable one) until a success
+	calling     map[string]time.Time // per stage: when the call in progress started
+	inflight    int                  // store requests out, every stage together
+	typical     time.Duration        // smoothed duration of successful requests
+	gen         int64                // successful fetches of stage, for callers that saw a miss
+	rotateGrace time.Duration        // how long after RotatesAt the next fetch is due
 
 	storeCalls atomic.Int64
 	breakers   sync.Map // target → *breaker
+	leases     *leaseBook
+	unstaged   bool // the provider has no version stages
 }
 
 func acquireEntry(key, secretID, stage string, p Provider) *entry {
@@ -99,11 +108,16 @@ func acquireEntry(key, secretID, stage string, p Provider) *entry {
 	defer registry.Unlock()
 	if e, ok := registry.m[key]; ok {
 		e.refs++
+		if c, ok := p.(io.Closer); ok && p != e.provider {
+			_ = c.Close() // the entry's own provider serves this connector
+		}
 		return e
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	e := &entry{key: key, secretID: secretID, stage: stage, provider: p, ctx: ctx, cancel: cancel, refs: 1,
 		lastCall: map[string]time.Time{}, calling: map[string]time.Time{}}
+	e.leases = newLeaseBook(e, p)
+	_, e.unstaged = p.(Unstaged)
 	registry.m[key] = e
 	return e
 }
@@ -126,12 +140,16 @@ func (e *entry) release() {
 	e.mu.Unlock()
 	e.cancel()
 	e.wg.Wait()
+	if c, ok := e.provider.(io.Closer); ok {
+		_ = c.Close()
+	}
 }
 
 // policy is one connector's view of freshness.
 type policy struct {
 	ttl      time.Duration
 	maxStale time.Duration
+	margin   time.Duration // secret_expiry_margin; 0 for the default
 	log      *slog.Logger
 	stats    *counters
 }
@@ -161,17 +179,42 @@ func (e *entry) get(ctx context.Context, pol policy) (*Credentials, error) {
 	cred := e.activeLocked()
 	gen := e.gen
 	var age time.Duration
-	if cred != nil {
-		age = now.Sub(e.fetchedAt)
-		if age < pol.ttl {
-			// While a pending version is in use, look for the configured
-			// stage catching up (AWS's finishSecret) every few seconds.
-			if age >= pol.ttl-refreshMargin(pol.ttl) || (e.pending != nil && age >= pendingRecheck) {
+	if cred.expiring() {
+		// A lease is fresh until its end, less the margin; secret_ttl does
+		// not apply, and nothing past that is ever served stale.
+		ok, refresh := e.leases.usable(cred, now)
+		if ok {
+			if refresh {
 				e.refreshLocked(now, pol)
 			}
 			e.mu.Unlock()
 			pol.stats.cacheHits.Add(1)
 			return cred, nil
+		}
+		cred = nil
+	}
+	if cred != nil {
+		age = now.Sub(e.fetchedAt)
+		ttl := pol.ttl
+		if !cred.RotatesAt.IsZero() {
+			// The store replaces these credentials at RotatesAt: fetch again
+			// just after it (jittered), not one TTL later.
+			if at := cred.RotatesAt.Add(e.rotateGrace).Sub(e.fetchedAt); at < ttl {
+				ttl = max(at, 0)
+			}
+		}
+		if age < ttl {
+			// While a pending version is in use, look for the configured
+			// stage catching up (AWS's finishSecret) every few seconds.
+			if age >= ttl-refreshMargin(pol.ttl) || (e.pending != nil && age >= pendingRecheck) {
+				e.refreshLocked(now, pol)
+			}
+			e.mu.Unlock()
+			pol.stats.cacheHits.Add(1)
+			return cred, nil
+		}
+		if ttl < pol.ttl {
+			age += pol.ttl - ttl // measure staleness from the rotation time
 		}
 		if age < pol.ttl+pol.maxStale && e.failures > 0 {
 			// The store is known to be failing: serve the cached
@@ -437,6 +480,10 @@ func (e *entry) call(stage string, pol policy, gen int64) (*Credentials, error) 
 	prev := e.cur
 	e.cur, e.fetchedAt = creds, time.Now()
 	e.gen++
+	e.rotateGrace = rotateGraceMin + rand.N(rotateGraceMin)
+	if creds.expiring() {
+		e.leases.adopt(creds, pol)
+	}
 	if prev != nil && prev.VersionID != creds.VersionID {
 		pol.log.Info(EventRotationPickedUp, "secret_id", e.secretID, "stage", stage,
 			"version_id", creds.VersionID, "previous_version_id", prev.VersionID)
@@ -505,6 +552,9 @@ func (e *entry) hedged(stage string, pol policy) (*Credentials, time.Duration, e
 			select {
 			case answers <- answer{c, err, took, r}:
 			case <-finished:
+				if err == nil && c.expiring() {
+					e.leases.discard(c) // a lease nobody will use
+				}
 			}
 		}()
 		return true

@@ -66,26 +66,30 @@ func NewConnector(dsn string, opts ...Option) (*Connector, error) {
 		portSet: cfg.has("port", "PGPORT", os.Getenv),
 		dbSet:   cfg.has("dbname", "PGDATABASE", os.Getenv),
 	}
-	c.pol = policy{ttl: cfg.TTL, maxStale: cfg.MaxStale, log: c.log, stats: &c.stats}
+	c.pol = policy{ttl: cfg.TTL, maxStale: cfg.MaxStale, margin: cfg.ExpiryMargin, log: c.log, stats: &c.stats}
 
 	provider, identity := o.provider, ""
 	switch {
 	case provider != nil:
 		identity = fmt.Sprintf("provider:%p", provider)
-	case o.client != nil:
+	case o.client != nil && cfg.Provider == DefaultProvider:
 		identity = fmt.Sprintf("client:%p", o.client)
 		provider = NewSecretsManagerProvider(o.client, cfg)
 	default:
+		info, ok := lookupProvider(cfg.Provider)
+		if !ok {
+			return nil, unknownProviderError(cfg.Provider)
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		client, err := NewSecretsManagerClient(ctx, cfg)
+		provider, err = info.factory(ctx, cfg)
 		cancel()
 		if err != nil {
 			return nil, err
 		}
-		// Connectors share a cache only if they reach the same store.
-		identity = "sdk:" + client.Options().Region + "|" + cfg.Endpoint + "|" +
-			os.Getenv("AWS_ENDPOINT_URL_SECRETS_MANAGER") + "|" + os.Getenv("AWS_ENDPOINT_URL")
-		provider = NewSecretsManagerProvider(client, cfg)
+		identity = fmt.Sprintf("%s:%p", cfg.Provider, provider)
+		if k, ok := provider.(CacheKeyer); ok && k.CacheKey() != "" {
+			identity = cfg.Provider + ":" + k.CacheKey()
+		}
 	}
 	key := fmt.Sprintf("%s|%s|%s|%s|%s", identity, cfg.SecretID, cfg.VersionStage, cfg.UsernameKey, cfg.PasswordKey)
 	c.entry = acquireEntry(key, cfg.SecretID, cfg.VersionStage, provider)
@@ -113,6 +117,7 @@ func (c *Connector) Close() error {
 func (c *Connector) Config() Config {
 	cp := *c.cfg
 	cp.Params = append([]Param(nil), c.cfg.Params...)
+	cp.providerParams = append([]Param(nil), c.cfg.providerParams...)
 	return cp
 }
 
@@ -121,7 +126,9 @@ var errClosed = errors.New("pgsecrets: connector closed")
 // Connect opens a connection: credentials from the cache (fetched once for
 // all concurrent callers when needed), then lib/pq. On an authentication
 // failure it recovers within the same call (see recover). It returns
-// lib/pq's own connection, so queries run on lib/pq alone.
+// lib/pq's own connection, so queries run on lib/pq alone, except for
+// expiring credentials (leases), whose connections are wrapped so that none
+// outlives its credential (see lease.go).
 func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
 	if c.closed.Load() {
 		return nil, errClosed
@@ -281,7 +288,18 @@ func (c *Connector) dial(ctx context.Context, creds *Credentials) (driver.Conn, 
 	if err != nil {
 		return nil, err
 	}
+	var l *lease
+	if creds.expiring() {
+		l = c.entry.leases.open(creds, c.pol)
+	}
 	conn, err := pc.Connect(ctx)
+	if l != nil {
+		if err != nil {
+			c.entry.leases.failed(l)
+		} else {
+			conn = c.entry.leases.opened(l, conn)
+		}
+	}
 	if err == nil && creds.Stage == stagePending {
 		c.stats.pendingUses.Add(1)
 	}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -22,11 +23,13 @@ const (
 	keyRetryWindow  = "secret_retry_window"
 	keyUsernameKey  = "secret_username_key"
 	keyPasswordKey  = "secret_password_key"
+	keyProvider     = "secret_provider"
+	keyExpiryMargin = "secret_expiry_margin"
 )
 
 var secretKeys = []string{
-	keySecretID, keyRegion, keyEndpoint, keyVersionStage, keyTTL,
-	keyMaxStale, keyRetryWindow, keyUsernameKey, keyPasswordKey,
+	keySecretID, keyProvider, keyRegion, keyEndpoint, keyVersionStage, keyTTL,
+	keyMaxStale, keyRetryWindow, keyUsernameKey, keyPasswordKey, keyExpiryMargin,
 }
 
 // Defaults for the secret_* keys.
@@ -52,8 +55,16 @@ const (
 // the DSN as lib/pq will receive it. Printing a Config never shows the
 // DSN's password.
 type Config struct {
-	// SecretID is the secret's name or ARN (secret_id).
+	// SecretID names the secret in its store (secret_id): a Secrets
+	// Manager name or ARN, a Vault path, a file path.
 	SecretID string
+	// Provider is the secret store (secret_provider, default awssm).
+	Provider string
+	// ExpiryMargin is how long before expiring credentials end they stop
+	// being given to new connections and their connections are closed
+	// (secret_expiry_margin); zero means a tenth of the credential's life,
+	// between 250ms and 1m.
+	ExpiryMargin time.Duration
 	// Region is the AWS region (secret_region); empty means the ARN's
 	// region, else the SDK's (AWS_REGION, profile).
 	Region string
@@ -82,7 +93,19 @@ type Config struct {
 	// always used instead.
 	Password Secret
 
-	set map[string]bool // secret_* keys given explicitly
+	providerParams []Param         // the provider's own secret_* keys
+	set            map[string]bool // secret_* keys given explicitly
+}
+
+// ProviderParam returns the value of one of the provider's own DSN keys
+// (see RegisterProvider), and whether the DSN set it.
+func (c *Config) ProviderParam(key string) (string, bool) {
+	for _, p := range c.providerParams {
+		if p.Key == key {
+			return p.Value, true
+		}
+	}
+	return "", false
 }
 
 // Param is one key=value pair of the DSN passed through to lib/pq.
@@ -114,8 +137,10 @@ func ParseDSN(dsn string) (*Config, error) {
 		RetryWindow:  DefaultRetryWindow,
 		UsernameKey:  "username",
 		PasswordKey:  "password",
+		Provider:     DefaultProvider,
 		set:          map[string]bool{},
 	}
+	var extra []Param // secret_* keys that are not the core's
 	for _, p := range pairs {
 		if p.Key == "password" {
 			cfg.Password = NewSecret(p.Value)
@@ -126,14 +151,40 @@ func ParseDSN(dsn string) (*Config, error) {
 			cfg.setParam(p.Key, p.Value)
 			continue
 		}
+		if !slices.Contains(secretKeys, p.Key) {
+			extra = append(extra, p)
+			continue
+		}
 		if err := cfg.setSecretKey(p.Key, p.Value); err != nil {
 			return nil, err
+		}
+	}
+	info, ok := lookupProvider(cfg.Provider)
+	if !ok {
+		return nil, unknownProviderError(cfg.Provider)
+	}
+	for _, p := range extra {
+		if !slices.Contains(info.keys, p.Key) {
+			if other := providerOfKey(p.Key); other != "" {
+				return nil, &DSNError{Key: p.Key, Msg: fmt.Sprintf("is a setting of secret_provider=%s, but this DSN uses %s", other, cfg.Provider)}
+			}
+			valid := append(slices.Clone(secretKeys), info.keys...)
+			return nil, &DSNError{Key: p.Key, Msg: "unknown secret key; valid keys for secret_provider=" + cfg.Provider + " are " + strings.Join(valid, ", ")}
+		}
+		replaced := false
+		for i := range cfg.providerParams {
+			if cfg.providerParams[i].Key == p.Key {
+				cfg.providerParams[i].Value, replaced = p.Value, true
+			}
+		}
+		if !replaced {
+			cfg.providerParams = append(cfg.providerParams, p)
 		}
 	}
 	if cfg.SecretID == "" {
 		return nil, &DSNError{Key: keySecretID, Msg: "is required: name the secret that holds the database credentials (a name or a full ARN); valid secret keys are " + strings.Join(secretKeys, ", ")}
 	}
-	if cfg.Region == "" {
+	if cfg.Region == "" && cfg.Provider == DefaultProvider {
 		cfg.Region = arnRegion(cfg.SecretID)
 	}
 	return cfg, nil
@@ -160,6 +211,11 @@ func (c *Config) setSecretKey(k, v string) error {
 	switch k {
 	case keySecretID:
 		c.SecretID = v
+	case keyProvider:
+		err = nonEmpty()
+		c.Provider = v
+	case keyExpiryMargin:
+		c.ExpiryMargin, err = dur()
 	case keyRegion:
 		c.Region = v
 	case keyEndpoint:
@@ -244,6 +300,7 @@ func (c *Config) FormatDSN() string {
 		}
 	}
 	add(keySecretID, c.SecretID, false)
+	add(keyProvider, c.Provider, c.Provider == DefaultProvider)
 	add(keyRegion, c.Region, c.Region == "" || c.Region == arnRegion(c.SecretID))
 	add(keyEndpoint, c.Endpoint, c.Endpoint == "")
 	add(keyVersionStage, c.VersionStage, c.VersionStage == DefaultVersionStage)
@@ -252,6 +309,10 @@ func (c *Config) FormatDSN() string {
 	add(keyRetryWindow, shortDuration(c.RetryWindow), c.RetryWindow == DefaultRetryWindow)
 	add(keyUsernameKey, c.UsernameKey, c.UsernameKey == "username")
 	add(keyPasswordKey, c.PasswordKey, c.PasswordKey == "password")
+	add(keyExpiryMargin, shortDuration(c.ExpiryMargin), c.ExpiryMargin == 0)
+	for _, p := range c.providerParams {
+		parts = append(parts, p.Key+"="+quoteValue(p.Value))
+	}
 	return strings.Join(parts, " ")
 }
 

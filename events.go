@@ -2,8 +2,10 @@ package pgsecrets
 
 // Log events. pgsecrets logs through log/slog with these messages (stable:
 // match on them) and only these attributes: secret_id, stage, version_id,
-// previous_version_id, sqlstate, error_kind, user, host, dbname, durations
-// and counts. No attribute ever holds a password.
+// previous_version_id, sqlstate, error_kind, user, host, dbname, lease_id,
+// reason, durations and counts, and for lease events error (the store's
+// error message, which names the store and the path, never a credential).
+// No attribute ever holds a password or a token.
 const (
 	// Debug: one store call succeeded.
 	EventFetched = "pgsecrets: secret fetched"
@@ -34,6 +36,18 @@ const (
 	EventBreakerOpen = "pgsecrets: circuit breaker open"
 	// Info: the circuit breaker closed again.
 	EventBreakerClosed = "pgsecrets: circuit breaker closed"
+	// Debug: a lease was renewed.
+	EventLeaseRenewed = "pgsecrets: lease renewed"
+	// Info: a renewal reached the store's maximum TTL; the lease is replaced
+	// ahead of its end.
+	EventLeaseCapped = "pgsecrets: lease reached its max ttl"
+	// Warn: a renewal failed; it is retried with backoff while the lease
+	// is valid.
+	EventLeaseRenewFailed = "pgsecrets: lease renewal failed"
+	// Debug: a lease was revoked (reason: superseded, unused, closed).
+	EventLeaseRevoked = "pgsecrets: lease revoked"
+	// Warn: a revocation failed; the lease ends at its expiry instead.
+	EventLeaseRevokeFailed = "pgsecrets: lease revocation failed"
 	// Warn, once per connector: the DSN carries password=, which is
 	// ignored in favour of the secret's.
 	EventDSNPassword = "pgsecrets: dsn password ignored"

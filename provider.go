@@ -5,7 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"slices"
+	"sort"
 	"strconv"
+	"strings"
+	"sync"
 	"time"
 )
 
@@ -25,7 +29,28 @@ type Credentials struct {
 	// CreatedAt is when the version was created, if the store says; it
 	// tells which of two versions is newer.
 	CreatedAt time.Time
+
+	// Expires is when the credentials stop working (a Vault lease's end,
+	// a token's end); zero for credentials that work until someone
+	// changes them. Expiring credentials are refreshed at about two thirds
+	// of their life, never handed to a new connection within the expiry
+	// margin of their end, and every connection made with them is closed
+	// before that margin (see lease.go).
+	Expires time.Time
+	// LeaseID identifies the lease the credentials belong to, for a
+	// provider that implements Leaser; empty otherwise.
+	LeaseID string
+	// Renewable says whether Leaser.Renew can extend the lease.
+	Renewable bool
+	// RotatesAt, if set, is when the store will replace the credentials
+	// by itself (a Vault static role's next rotation): they are fetched
+	// again just after it. Connections made before stay open, since
+	// PostgreSQL checks a password only at login.
+	RotatesAt time.Time
 }
+
+// expiring reports whether the credentials have an end.
+func (c *Credentials) expiring() bool { return c != nil && !c.Expires.IsZero() }
 
 // same reports whether two credentials would log in the same way.
 func (c *Credentials) same(o *Credentials) bool {
@@ -46,6 +71,128 @@ func (c *Credentials) same(o *Credentials) bool {
 // ErrStoreUnavailable.
 type Provider interface {
 	Fetch(ctx context.Context, stage string) (*Credentials, error)
+}
+
+// Leaser is implemented by providers whose credentials are leases (Vault's
+// dynamic database credentials). pgsecrets renews a lease while
+// connections made with it are open and revokes it once a newer one serves
+// new connections and the last of its connections has closed, or when the
+// connector closes.
+type Leaser interface {
+	// Renew asks for the lease to be extended by increment and returns its
+	// new end. A store that caps the lease (a maximum TTL) returns the
+	// capped end; pgsecrets then stops renewing it and replaces it ahead
+	// of time.
+	Renew(ctx context.Context, c *Credentials, increment time.Duration) (time.Time, error)
+	// Revoke ends the lease now (Vault drops the database role).
+	Revoke(ctx context.Context, c *Credentials) error
+}
+
+// Unstaged is implemented by providers whose store keeps no version stages
+// (Vault, files, the environment): recovery after an authentication
+// failure then fetches the secret again but never asks for AWSPENDING.
+type Unstaged interface {
+	Unstaged()
+}
+
+// CacheKeyer is implemented by providers whose connectors may share a
+// credential cache: connectors in one process whose providers return the
+// same key (and name the same secret) share one cache entry, one store call
+// per refresh, and the same leases. A provider without it gets a cache of
+// its own per connector.
+type CacheKeyer interface {
+	CacheKey() string
+}
+
+// ProviderFactory builds the Provider for a parsed DSN. It must not call
+// the store (NewConnector does no I/O) and should reject bad settings with
+// a *DSNError. If the returned Provider implements io.Closer, it is closed
+// when its connector's cache is dropped, or at once if an existing cache
+// is shared instead.
+type ProviderFactory func(ctx context.Context, cfg *Config) (Provider, error)
+
+// DefaultProvider is the provider used when the DSN has no secret_provider.
+const DefaultProvider = "awssm"
+
+type providerInfo struct {
+	factory ProviderFactory
+	keys    []string
+}
+
+var providers = struct {
+	sync.RWMutex
+	m map[string]providerInfo
+}{m: map[string]providerInfo{}}
+
+// knownImports names the packages that register the providers pgsecrets
+// ships outside its core module, for the error of a DSN that asks for one
+// that was not imported.
+var knownImports = map[string]string{
+	"vault": "github.com/pgsecrets/pgsecrets/vault",
+}
+
+// RegisterProvider makes a provider available as secret_provider=name.
+// keys are the DSN keys the provider reads beyond the core's (each must
+// start with "secret_"); ParseDSN accepts them only with this provider, and
+// the factory reads them with Config.ProviderParam. It is meant to be
+// called from an init function, and panics if name is empty or taken, or a
+// key is malformed, as sql.Register does.
+func RegisterProvider(name string, factory ProviderFactory, keys ...string) {
+	if name == "" || factory == nil {
+		panic("pgsecrets: RegisterProvider needs a name and a factory")
+	}
+	for _, k := range keys {
+		if !strings.HasPrefix(k, "secret_") || slices.Contains(secretKeys, k) {
+			panic(fmt.Sprintf("pgsecrets: provider %q: key %q must start with secret_ and not be a core key", name, k))
+		}
+	}
+	providers.Lock()
+	defer providers.Unlock()
+	if _, dup := providers.m[name]; dup {
+		panic(fmt.Sprintf("pgsecrets: provider %q registered twice", name))
+	}
+	providers.m[name] = providerInfo{factory: factory, keys: slices.Clone(keys)}
+}
+
+// Providers returns the names of the registered providers, sorted.
+func Providers() []string {
+	providers.RLock()
+	defer providers.RUnlock()
+	names := make([]string, 0, len(providers.m))
+	for n := range providers.m {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+func lookupProvider(name string) (providerInfo, bool) {
+	providers.RLock()
+	defer providers.RUnlock()
+	p, ok := providers.m[name]
+	return p, ok
+}
+
+// providerOfKey returns the registered provider that reads key, if any.
+func providerOfKey(key string) string {
+	providers.RLock()
+	defer providers.RUnlock()
+	for n, p := range providers.m {
+		if slices.Contains(p.keys, key) {
+			return n
+		}
+	}
+	return ""
+}
+
+// unknownProviderError is the DSN error for a secret_provider nobody
+// registered.
+func unknownProviderError(name string) error {
+	msg := fmt.Sprintf("%q is not a registered provider; registered: %s", name, strings.Join(Providers(), ", "))
+	if imp, ok := knownImports[name]; ok {
+		msg += fmt.Sprintf(`; add import _ %q to the program to register it`, imp)
+	}
+	return &DSNError{Key: keyProvider, Msg: msg}
 }
 
 // maxSecretSize is Secrets Manager's limit on a SecretString.

@@ -284,7 +284,7 @@ func (c *Connector) recoverRounds(f failure, oneRound bool) (recovered, error) {
 
 		// AWSPENDING: AWS's rotation writes it before changing the
 		// database, and moves the configured stage to it only at the end.
-		if e.stage != stagePending {
+		if e.stage != stagePending && !e.unstaged {
 			pend, err := e.fetch(ctx, stagePending, c.pol, anyGen)
 			if err == nil && !seen(pend) {
 				done, derr := try(pend)
@@ -331,11 +331,15 @@ func (c *Connector) recoverRounds(f failure, oneRound bool) (recovered, error) {
 	c.log.Warn(EventRecoveryFailed, "secret_id", c.cfg.SecretID, "stage", failed.Stage, "version_id", failed.VersionID,
 		"user", failed.Username, "sqlstate", state, "took", time.Since(start).Round(time.Millisecond),
 		"credentials_tried", len(tried))
-	detail := fmt.Sprintf("the database rejected user %q, and fetching the secret again (%s and %s) for %s found no credentials it accepts",
-		failed.Username, e.stage, stagePending, window)
+	read := fmt.Sprintf("fetching the secret again (%s and %s)", e.stage, stagePending)
+	if e.unstaged {
+		read = "fetching the secret again"
+	}
+	detail := fmt.Sprintf("the database rejected user %q, and %s for %s found no credentials it accepts",
+		failed.Username, read, window)
 	if oneRound {
-		detail = fmt.Sprintf("the database rejected user %q, and fetching the secret again (%s and %s) found no other credentials it accepts",
-			failed.Username, e.stage, stagePending)
+		detail = fmt.Sprintf("the database rejected user %q, and %s found no other credentials it accepts",
+			failed.Username, read)
 		if c.guard.verified.Load() == nil {
 			detail += "; nothing from this secret has logged in to this database yet, so this is not a rotation in progress and pgsecrets does not wait for one"
 		}

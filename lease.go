@@ -1,0 +1,564 @@
+package pgsecrets
+
+import (
+	"context"
+	"database/sql/driver"
+	"errors"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Expiring credentials (Vault leases) get four things the core does for no
+// other kind:
+//
+//   - a refresh ahead, in the background, at about two thirds of their life
+//     (jittered between 0.6 and 0.7, so a fleet does not fetch at once);
+//   - no new connection within the expiry margin of their end;
+//   - connections that are closed before that margin, whatever
+//     SetConnMaxLifetime says: the connection is wrapped, and the wrapper
+//     declines reuse (driver.Validator, driver.SessionResetter) and closes
+//     itself when idle at that time;
+//   - for a Leaser, renewal while connections made with the lease are open,
+//     and revocation once a newer lease serves new connections and the last
+//     connection of the old one has closed, or when the connector closes.
+//
+// Credentials that do not expire are never wrapped: their connections are
+// lib/pq's own.
+
+const (
+	// minExpiryMargin and maxExpiryMargin bound the default expiry margin,
+	// a tenth of a credential's life.
+	minExpiryMargin = 250 * time.Millisecond
+	maxExpiryMargin = time.Minute
+	// revokeTimeout bounds one revocation, also at Close.
+	revokeTimeout = 5 * time.Second
+)
+
+// leaseBook tracks the expiring credentials of one cache entry and runs the
+// keeper goroutine that renews, retires and revokes them.
+type leaseBook struct {
+	e      *entry
+	leaser Leaser // nil if the provider cannot renew or revoke
+
+	mu      sync.Mutex
+	all     map[*Credentials]*lease
+	current *lease
+	running bool
+	pol     policy        // of the connector whose fetch started the keeper
+	wake    chan struct{} // buffered: a change the keeper should look at
+
+	renewals      atomic.Int64
+	renewFailures atomic.Int64
+	revocations   atomic.Int64
+	retired       atomic.Int64
+}
+
+// lease is one expiring credential and the connections made with it.
+type lease struct {
+	creds     *Credentials
+	issued    time.Time
+	life      time.Duration // the duration granted at issue
+	margin    time.Duration
+	refreshAt time.Time // when a newer one is fetched, if this is current
+	retireAt  atomic.Int64
+	// guarded by leaseBook.mu
+	expires    time.Time
+	capped     bool // renewals reached the store's maximum, or it cannot be renewed
+	conns      map[*leaseConn]struct{}
+	dialing    int
+	nextRenew  time.Time
+	renewFails int
+	renewing   bool
+}
+
+func newLeaseBook(e *entry, p Provider) *leaseBook {
+	b := &leaseBook{e: e, all: map[*Credentials]*lease{}, wake: make(chan struct{}, 1)}
+	b.leaser, _ = p.(Leaser)
+	return b
+}
+
+// expiryMargin is the margin for a credential of life d.
+func expiryMargin(configured, d time.Duration) time.Duration {
+	if configured > 0 {
+		return configured
+	}
+	return min(max(d/10, minExpiryMargin), maxExpiryMargin)
+}
+
+// adopt records freshly fetched expiring credentials as the ones new
+// connections use. Called with e.mu held.
+func (b *leaseBook) adopt(c *Credentials, pol policy) {
+	b.mu.Lock()
+	b.addLocked(c, pol, true)
+	start := !b.running
+	b.running = true
+	b.mu.Unlock()
+	if start && !b.e.spawnLocked(b.keep) {
+		b.mu.Lock()
+		b.running = false
+		b.mu.Unlock()
+	}
+	b.poke()
+}
+
+func (b *leaseBook) addLocked(c *Credentials, pol policy, current bool) *lease {
+	now := time.Now()
+	life := c.Expires.Sub(now)
+	if life <= 0 {
+		life = time.Millisecond
+	}
+	l := &lease{creds: c, issued: now, life: life, margin: expiryMargin(pol.margin, life), expires: c.Expires,
+		conns: map[*leaseConn]struct{}{}, capped: !c.Renewable || b.leaser == nil}
+	l.refreshAt = now.Add(time.Duration(float64(life) * (0.6 + 0.1*rand.Float64())))
+	l.nextRenew = now.Add(life / 2)
+	l.retireAt.Store(c.Expires.Add(-l.margin).UnixNano())
+	b.all[c] = l
+	if current {
+		b.current = l
+	}
+	if b.pol.log == nil {
+		b.pol = pol
+	}
+	return l
+}
+
+// discard revokes expiring credentials that were fetched but will never be
+// used (a hedged request that lost).
+func (b *leaseBook) discard(c *Credentials) {
+	if b.leaser == nil || c.LeaseID == "" {
+		return
+	}
+	b.e.spawn(func() { b.revoke(context.Background(), c, "unused") })
+}
+
+// usable reports whether c may be given to a new connection now, and
+// whether a refresh ahead is due.
+func (b *leaseBook) usable(c *Credentials, now time.Time) (ok, refresh bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	l := b.all[c]
+	if l == nil {
+		return false, true
+	}
+	return now.UnixNano() < l.retireAt.Load(), b.current == l && !now.Before(l.refreshAt)
+}
+
+// open registers a login about to be made with c; the lease is not revoked
+// while it runs. Credentials the cache does not hold as current (a
+// version recovery found) are added as superseded ones.
+func (b *leaseBook) open(c *Credentials, pol policy) *lease {
+	b.mu.Lock()
+	l := b.all[c]
+	if l == nil {
+		l = b.addLocked(c, pol, false)
+	}
+	l.dialing++
+	start := !b.running
+	b.running = true
+	b.mu.Unlock()
+	if start && !b.e.spawn(b.keep) {
+		b.mu.Lock()
+		b.running = false
+		b.mu.Unlock()
+	}
+	return l
+}
+
+// opened wraps a connection made with l; failed ends a login that did not
+// produce one.
+func (b *leaseBook) opened(l *lease, conn driver.Conn) driver.Conn {
+	lc := newLeaseConn(conn, b, l)
+	b.mu.Lock()
+	l.dialing--
+	l.conns[lc] = struct{}{}
+	b.mu.Unlock()
+	return lc
+}
+
+func (b *leaseBook) failed(l *lease) {
+	b.mu.Lock()
+	l.dialing--
+	b.mu.Unlock()
+	b.poke()
+}
+
+func (b *leaseBook) closed(lc *leaseConn) {
+	b.mu.Lock()
+	delete(lc.l.conns, lc)
+	b.mu.Unlock()
+	b.poke()
+}
+
+func (b *leaseBook) poke() {
+	select {
+	case b.wake <- struct{}{}:
+	default:
+	}
+}
+
+// held is the number of leases the book holds (not yet revoked or expired).
+func (b *leaseBook) held() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.all)
+}
+
+// keep is the keeper goroutine: it runs until the entry closes, then
+// revokes what is left.
+func (b *leaseBook) keep() {
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		next := b.step(time.Now())
+		timer.Reset(time.Until(next))
+		select {
+		case <-timer.C:
+		case <-b.wake:
+		case <-b.e.ctx.Done():
+			b.revokeAll()
+			return
+		}
+	}
+}
+
+// step does what is due at now and returns when to look again.
+func (b *leaseBook) step(now time.Time) time.Time {
+	next := now.Add(time.Minute)
+	soon := func(t time.Time) {
+		if t.Before(next) {
+			next = t
+		}
+	}
+	var revoke []*Credentials
+	var renew []*lease
+	var retire []*leaseConn
+	refresh := false
+	b.mu.Lock()
+	for c, l := range b.all {
+		inUse := len(l.conns) > 0 || l.dialing > 0
+		retireAt := time.Unix(0, l.retireAt.Load())
+		switch {
+		case l != b.current && !inUse:
+			// Superseded and unused: end it now rather than at expiry.
+			delete(b.all, c)
+			if now.Before(l.expires) {
+				revoke = append(revoke, c)
+			}
+			continue
+		case !now.Before(l.expires) && !inUse:
+			delete(b.all, c) // the current lease ran out unused; nothing left to revoke
+			if b.current == l {
+				b.current = nil
+			}
+			continue
+		}
+		if !now.Before(retireAt) {
+			for lc := range l.conns {
+				retire = append(retire, lc)
+			}
+			// Busy connections retire when they are returned; look again
+			// in a while for those left idle.
+			soon(now.Add(l.margin / 4))
+		} else {
+			soon(retireAt)
+		}
+		if !l.capped && inUse && !l.renewing {
+			if !now.Before(l.nextRenew) {
+				l.renewing = true
+				renew = append(renew, l)
+			} else {
+				soon(l.nextRenew)
+			}
+		}
+		if l == b.current {
+			if !now.Before(l.refreshAt) {
+				refresh = true
+				// Try again after the pacing interval if no newer one came.
+				l.refreshAt = now.Add(minCallInterval)
+			}
+			soon(l.refreshAt)
+		}
+	}
+	pol := b.pol
+	b.mu.Unlock()
+
+	for _, lc := range retire {
+		if lc.retireIdle() {
+			b.retired.Add(1)
+		}
+	}
+	for _, c := range revoke {
+		c := c
+		b.e.spawn(func() { b.revoke(b.e.ctx, c, "superseded") })
+	}
+	for _, l := range renew {
+		l := l
+		if !b.e.spawn(func() { b.renew(l, pol) }) {
+			b.mu.Lock()
+			l.renewing = false
+			b.mu.Unlock()
+		}
+	}
+	if refresh {
+		b.e.mu.Lock()
+		b.e.refreshLocked(now, pol)
+		b.e.mu.Unlock()
+	}
+	return next
+}
+
+// renew extends l by its original life.
+func (b *leaseBook) renew(l *lease, pol policy) {
+	ctx, cancel := context.WithTimeout(b.e.ctx, storeTimeout)
+	asked := time.Now()
+	exp, err := b.leaser.Renew(ctx, l.creds, l.life)
+	cancel()
+	b.mu.Lock()
+	defer func() {
+		l.renewing = false
+		b.mu.Unlock()
+		b.poke()
+	}()
+	if err != nil {
+		if b.e.ctx.Err() != nil {
+			return
+		}
+		b.renewFailures.Add(1)
+		l.renewFails++
+		if errors.Is(err, ErrSecretNotFound) {
+			// The store no longer knows the lease (revoked by someone
+			// else): its role is gone, so its connections retire now.
+			l.capped = true
+			l.expires = time.Now()
+			l.retireAt.Store(l.expires.UnixNano())
+		} else {
+			l.nextRenew = time.Now().Add(backoff(backoffBase, max(min(l.life/4, 30*time.Second), backoffBase), l.renewFails))
+		}
+		pol.log.Warn(EventLeaseRenewFailed, "secret_id", b.e.secretID, "lease_id", l.creds.LeaseID,
+			"user", l.creds.Username, "error_kind", kindName(err), "error", err.Error(),
+			"expires_in", time.Until(l.expires).Round(time.Millisecond))
+		return
+	}
+	b.renewals.Add(1)
+	l.renewFails = 0
+	if exp.After(l.expires) {
+		l.expires = exp
+		l.retireAt.Store(exp.Add(-l.margin).UnixNano())
+	}
+	// Vault rounds to the second; a lease extended by less than asked
+	// reached its maximum and will not move again.
+	if exp.Before(asked.Add(l.life - time.Second)) {
+		l.capped = true
+		pol.log.Info(EventLeaseCapped, "secret_id", b.e.secretID, "lease_id", l.creds.LeaseID,
+			"user", l.creds.Username, "expires_in", time.Until(exp).Round(time.Millisecond))
+	}
+	l.nextRenew = l.expires.Add(-l.life / 2)
+	pol.log.Debug(EventLeaseRenewed, "secret_id", b.e.secretID, "lease_id", l.creds.LeaseID,
+		"user", l.creds.Username, "expires_in", time.Until(l.expires).Round(time.Millisecond))
+}
+
+// revoke ends one lease at the store.
+func (b *leaseBook) revoke(parent context.Context, c *Credentials, why string) {
+	if b.leaser == nil || c.LeaseID == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(parent), revokeTimeout)
+	defer cancel()
+	err := b.leaser.Revoke(ctx, c)
+	b.mu.Lock()
+	log := b.pol.log
+	b.mu.Unlock()
+	if log == nil {
+		log = slog.Default()
+	}
+	if err != nil {
+		log.Warn(EventLeaseRevokeFailed, "secret_id", b.e.secretID, "lease_id", c.LeaseID, "user", c.Username,
+			"reason", why, "error_kind", kindName(err), "error", err.Error())
+		return
+	}
+	b.revocations.Add(1)
+	log.Debug(EventLeaseRevoked, "secret_id", b.e.secretID, "lease_id", c.LeaseID, "user", c.Username, "reason", why)
+}
+
+// revokeAll revokes every lease still held; the entry is closing.
+func (b *leaseBook) revokeAll() {
+	b.mu.Lock()
+	var all []*Credentials
+	now := time.Now()
+	for c, l := range b.all {
+		if now.Before(l.expires) {
+			all = append(all, c)
+		}
+	}
+	b.all = map[*Credentials]*lease{}
+	b.current = nil
+	b.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, c := range all {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			b.revoke(context.Background(), c, "closed")
+		}()
+	}
+	wg.Wait()
+}
+
+// leaseConn is a lib/pq connection made with expiring credentials. It
+// declines reuse once its lease is within the expiry margin of its end,
+// and closes itself if idle then.
+type leaseConn struct {
+	conn   driver.Conn
+	q      driver.QueryerContext
+	x      driver.ExecerContext
+	p      driver.ConnPrepareContext
+	bt     driver.ConnBeginTx
+	book   *leaseBook
+	l      *lease
+	mu     sync.Mutex
+	busy   bool // handed out by database/sql (between ResetSession and IsValid)
+	closed bool
+	once   sync.Once
+}
+
+func newLeaseConn(conn driver.Conn, b *leaseBook, l *lease) *leaseConn {
+	lc := &leaseConn{conn: conn, book: b, l: l, busy: true}
+	lc.q, _ = conn.(driver.QueryerContext)
+	lc.x, _ = conn.(driver.ExecerContext)
+	lc.p, _ = conn.(driver.ConnPrepareContext)
+	lc.bt, _ = conn.(driver.ConnBeginTx)
+	return lc
+}
+
+func (lc *leaseConn) expired() bool { return time.Now().UnixNano() >= lc.l.retireAt.Load() }
+
+// retireIdle closes the connection if database/sql is not using it.
+func (lc *leaseConn) retireIdle() bool {
+	lc.mu.Lock()
+	if lc.busy || lc.closed {
+		lc.mu.Unlock()
+		return false
+	}
+	lc.closed = true
+	lc.mu.Unlock()
+	_ = lc.conn.Close()
+	lc.once.Do(func() { lc.book.closed(lc) })
+	return true
+}
+
+// IsValid is called by database/sql when the connection is returned to the
+// pool.
+func (lc *leaseConn) IsValid() bool {
+	lc.mu.Lock()
+	defer lc.mu.Unlock()
+	lc.busy = false
+	if lc.closed {
+		return false
+	}
+	if lc.expired() {
+		lc.book.retired.Add(1)
+		return false
+	}
+	if v, ok := lc.conn.(driver.Validator); ok {
+		return v.IsValid()
+	}
+	return true
+}
+
+// ResetSession is called by database/sql before it reuses the connection.
+func (lc *leaseConn) ResetSession(ctx context.Context) error {
+	lc.mu.Lock()
+	if lc.closed {
+		lc.mu.Unlock()
+		return driver.ErrBadConn
+	}
+	if lc.expired() {
+		lc.mu.Unlock()
+		lc.book.retired.Add(1)
+		return driver.ErrBadConn
+	}
+	lc.busy = true
+	lc.mu.Unlock()
+	if r, ok := lc.conn.(driver.SessionResetter); ok {
+		return r.ResetSession(ctx)
+	}
+	return nil
+}
+
+// Close closes the underlying connection once.
+func (lc *leaseConn) Close() error {
+	lc.mu.Lock()
+	already := lc.closed
+	lc.closed = true
+	lc.mu.Unlock()
+	var err error
+	if !already {
+		err = lc.conn.Close()
+	}
+	lc.once.Do(func() { lc.book.closed(lc) })
+	return err
+}
+
+func (lc *leaseConn) Prepare(query string) (driver.Stmt, error) { return lc.conn.Prepare(query) }
+func (lc *leaseConn) Begin() (driver.Tx, error) {
+	return lc.conn.Begin() //nolint:staticcheck // driver.Conn requires it
+}
+
+func (lc *leaseConn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {
+	if lc.p == nil {
+		return lc.conn.Prepare(query)
+	}
+	return lc.p.PrepareContext(ctx, query)
+}
+
+func (lc *leaseConn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
+	if lc.bt == nil {
+		return nil, errors.New("pgsecrets: the connection cannot begin transactions with options")
+	}
+	return lc.bt.BeginTx(ctx, opts)
+}
+
+func (lc *leaseConn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
+	if lc.q == nil {
+		return nil, driver.ErrSkip
+	}
+	return lc.q.QueryContext(ctx, query, args)
+}
+
+func (lc *leaseConn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
+	if lc.x == nil {
+		return nil, driver.ErrSkip
+	}
+	return lc.x.ExecContext(ctx, query, args)
+}
+
+func (lc *leaseConn) Ping(ctx context.Context) error {
+	if p, ok := lc.conn.(driver.Pinger); ok {
+		return p.Ping(ctx)
+	}
+	return nil
+}
+
+// CheckNamedValue keeps lib/pq's argument conversions (arrays, its own
+// types) working through the wrapper.
+func (lc *leaseConn) CheckNamedValue(nv *driver.NamedValue) error {
+	if c, ok := lc.conn.(driver.NamedValueChecker); ok {
+		return c.CheckNamedValue(nv)
+	}
+	return driver.ErrSkip
+}
+
+var (
+	_ driver.Conn               = (*leaseConn)(nil)
+	_ driver.Validator          = (*leaseConn)(nil)
+	_ driver.SessionResetter    = (*leaseConn)(nil)
+	_ driver.QueryerContext     = (*leaseConn)(nil)
+	_ driver.ExecerContext      = (*leaseConn)(nil)
+	_ driver.ConnPrepareContext = (*leaseConn)(nil)
+	_ driver.ConnBeginTx        = (*leaseConn)(nil)
+	_ driver.Pinger             = (*leaseConn)(nil)
+	_ driver.NamedValueChecker  = (*leaseConn)(nil)
+)

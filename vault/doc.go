@@ -1,0 +1,2 @@
+// Package vault registers the "vault" secret provider with pgsecrets.
+package vault
