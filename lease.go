@@ -199,6 +199,16 @@ func (b *leaseBook) poke() {
 	}
 }
 
+// expires is c's current end (renewals move it).
+func (b *leaseBook) expires(c *Credentials) time.Time {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if l := b.all[c]; l != nil {
+		return l.expires
+	}
+	return c.Expires
+}
+
 // held is the number of leases the book holds (not yet revoked or expired).
 func (b *leaseBook) held() int {
 	b.mu.Lock()

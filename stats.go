@@ -47,6 +47,21 @@ type Stats struct {
 	// (Stage is AWSPENDING while a validated pending version is in use).
 	VersionID string
 	Stage     string
+
+	// Expiring credentials (leases), for the whole cache entry, which
+	// every connector on the same secret and store shares: LeasesHeld is
+	// the number of leases held now (the current one, and older ones still
+	// serving open connections); LeaseRenewals and LeaseRenewFailures count
+	// renewals; LeaseRevocations counts leases revoked before their end
+	// (superseded, unused, at Close); ConnsRetired counts connections
+	// closed because their lease was about to end. Expires is when the
+	// credentials new connections use end (zero if they do not expire).
+	LeasesHeld         int
+	LeaseRenewals      int64
+	LeaseRenewFailures int64
+	LeaseRevocations   int64
+	ConnsRetired       int64
+	Expires            time.Time
 }
 
 // Stats returns the connector's counters. It is safe to call concurrently
@@ -74,10 +89,18 @@ func (c *Connector) Stats() Stats {
 	e := c.entry
 	e.mu.Lock()
 	s.LastRefresh = e.fetchedAt
-	if cr := e.activeLocked(); cr != nil {
+	cr := e.activeLocked()
+	if cr != nil {
 		s.VersionID, s.Stage = cr.VersionID, cr.Stage
 	}
 	e.mu.Unlock()
+	b := e.leases
+	s.LeasesHeld = b.held()
+	s.LeaseRenewals, s.LeaseRenewFailures = b.renewals.Load(), b.renewFailures.Load()
+	s.LeaseRevocations, s.ConnsRetired = b.revocations.Load(), b.retired.Load()
+	if cr.expiring() {
+		s.Expires = b.expires(cr)
+	}
 	return s
 }
 
