@@ -140,6 +140,7 @@ func (e *entry) release() {
 	e.mu.Unlock()
 	e.cancel()
 	e.wg.Wait()
+	e.leases.revokeAll()
 	if c, ok := e.provider.(io.Closer); ok {
 		_ = c.Close()
 	}

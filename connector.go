@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -164,6 +165,47 @@ func (c *Connector) Refresh(ctx context.Context) (string, error) {
 		return "", err
 	}
 	return creds.VersionID, nil
+}
+
+// Describe fetches the secret now (as Refresh does) and says what is known
+// about the credentials new connections get: the provider, the user, the
+// version, for a lease its id (without the part that tells leases apart),
+// end and renewability, a store's announced rotation time, and the
+// provider's own facts (see Describer). It never shows a password or token.
+func (c *Connector) Describe(ctx context.Context) ([]Fact, error) {
+	if _, err := c.Refresh(ctx); err != nil {
+		return nil, err
+	}
+	e := c.entry
+	e.mu.Lock()
+	cr := e.activeLocked()
+	e.mu.Unlock()
+	facts := []Fact{{"provider", c.cfg.Provider}, {"user", cr.Username}, {"version", cr.VersionID}}
+	if cr.expiring() {
+		if cr.LeaseID != "" {
+			id := cr.LeaseID
+			if i := strings.LastIndexByte(id, '/'); i >= 0 {
+				id = id[:i+1] + "…"
+			}
+			facts = append(facts, Fact{"lease", id})
+		}
+		end := e.leases.expires(cr)
+		facts = append(facts,
+			Fact{"expires", fmt.Sprintf("%s (in %s)", end.UTC().Format(time.RFC3339), time.Until(end).Round(time.Second))},
+			Fact{"renewable", fmt.Sprint(cr.Renewable)})
+	}
+	if !cr.RotatesAt.IsZero() {
+		facts = append(facts, Fact{"rotates", fmt.Sprintf("%s (in %s; fetched again just after)",
+			cr.RotatesAt.UTC().Format(time.RFC3339), time.Until(cr.RotatesAt).Round(time.Second))})
+	}
+	if d, ok := e.provider.(Describer); ok {
+		more, err := d.Describe(ctx)
+		if err != nil {
+			return facts, err
+		}
+		facts = append(facts, more...)
+	}
+	return facts, nil
 }
 
 func (c *Connector) connect(ctx context.Context) (driver.Conn, error) {

@@ -131,7 +131,10 @@ func (b *leaseBook) discard(c *Credentials) {
 	if b.leaser == nil || c.LeaseID == "" {
 		return
 	}
-	b.e.spawn(func() { b.revoke(context.Background(), c, "unused") })
+	if !b.e.spawn(func() { b.revoke(context.Background(), c, "unused") }) {
+		// The entry is closing, and waits for the caller's goroutine.
+		b.revoke(context.Background(), c, "unused")
+	}
 }
 
 // usable reports whether c may be given to a new connection now, and
@@ -216,8 +219,9 @@ func (b *leaseBook) held() int {
 	return len(b.all)
 }
 
-// keep is the keeper goroutine: it runs until the entry closes, then
-// revokes what is left.
+// keep is the keeper goroutine: it runs until the entry closes (release
+// then revokes what is left, once every goroutine that could still add a
+// lease has stopped).
 func (b *leaseBook) keep() {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
@@ -228,7 +232,6 @@ func (b *leaseBook) keep() {
 		case <-timer.C:
 		case <-b.wake:
 		case <-b.e.ctx.Done():
-			b.revokeAll()
 			return
 		}
 	}
@@ -302,7 +305,9 @@ func (b *leaseBook) step(now time.Time) time.Time {
 	}
 	for _, c := range revoke {
 		c := c
-		b.e.spawn(func() { b.revoke(b.e.ctx, c, "superseded") })
+		if !b.e.spawn(func() { b.revoke(b.e.ctx, c, "superseded") }) {
+			b.revoke(context.Background(), c, "superseded") // closing: release waits for the keeper
+		}
 	}
 	for _, l := range renew {
 		l := l
@@ -324,7 +329,8 @@ func (b *leaseBook) step(now time.Time) time.Time {
 func (b *leaseBook) renew(l *lease, pol policy) {
 	ctx, cancel := context.WithTimeout(b.e.ctx, storeTimeout)
 	asked := time.Now()
-	exp, err := b.leaser.Renew(ctx, l.creds, l.life)
+	inc := max(l.life.Round(time.Second), time.Second) // stores count in seconds
+	exp, err := b.leaser.Renew(ctx, l.creds, inc)
 	cancel()
 	b.mu.Lock()
 	defer func() {
@@ -358,9 +364,9 @@ func (b *leaseBook) renew(l *lease, pol policy) {
 		l.expires = exp
 		l.retireAt.Store(exp.Add(-l.margin).UnixNano())
 	}
-	// Vault rounds to the second; a lease extended by less than asked
+	// A lease extended by less than asked (Vault counts whole seconds)
 	// reached its maximum and will not move again.
-	if exp.Before(asked.Add(l.life - time.Second)) {
+	if exp.Before(asked.Add(inc - 500*time.Millisecond)) {
 		l.capped = true
 		pol.log.Info(EventLeaseCapped, "secret_id", b.e.secretID, "lease_id", l.creds.LeaseID,
 			"user", l.creds.Username, "expires_in", time.Until(exp).Round(time.Millisecond))
@@ -393,7 +399,8 @@ func (b *leaseBook) revoke(parent context.Context, c *Credentials, why string) {
 	log.Debug(EventLeaseRevoked, "secret_id", b.e.secretID, "lease_id", c.LeaseID, "user", c.Username, "reason", why)
 }
 
-// revokeAll revokes every lease still held; the entry is closing.
+// revokeAll revokes every lease still held; the entry has closed and its
+// goroutines have stopped.
 func (b *leaseBook) revokeAll() {
 	b.mu.Lock()
 	var all []*Credentials

@@ -104,6 +104,19 @@ type CacheKeyer interface {
 	CacheKey() string
 }
 
+// Fact is one thing a provider or the cache knows about the credentials in
+// use, for `pgsecrets check`: never a password, a token or a secret id.
+type Fact struct {
+	Name, Value string
+}
+
+// Describer is implemented by providers that can say where their
+// credentials come from and how long they last (a token's TTL, a file's
+// modification time). Describe must not fetch credentials.
+type Describer interface {
+	Describe(ctx context.Context) ([]Fact, error)
+}
+
 // ProviderFactory builds the Provider for a parsed DSN. It must not call
 // the store (NewConnector does no I/O) and should reject bad settings with
 // a *DSNError. If the returned Provider implements io.Closer, it is closed

@@ -74,6 +74,7 @@ type checkReport struct {
 	TLS            *tlsInfo           `json:"tls,omitempty"`
 	Driver         *driverInfo        `json:"driver,omitempty"`
 	Recommendation *recommendation    `json:"recommendation,omitempty"`
+	Facts          []fact             `json:"facts,omitempty"`
 	Warnings       []string           `json:"warnings,omitempty"`
 }
 
@@ -269,6 +270,11 @@ func (c *checker) run(parent context.Context, dsn string) {
 	c.step(1, "DSN", ms(took))
 	c.kv("dsn", "%s", c.rep.DSN)
 	c.kv("secret", "%s", cfg.SecretID)
+	if cfg.Provider != pgsecrets.DefaultProvider {
+		c.kv("provider", "%s", cfg.Provider)
+		c.store(ctx, cfg, sslMode, began)
+		return
+	}
 	switch {
 	case cfg.Region == "":
 		c.kv("region", "not in the DSN: the SDK's (AWS_REGION or the profile), see step 2")
@@ -404,9 +410,15 @@ func (c *checker) run(parent context.Context, dsn string) {
 	c.diag.step = "describing the secret"
 	c.describe(ctx, client, cfg)
 
+	c.database(ctx, db, connector, sslMode, began)
+}
+
+// database runs steps 4 and 5: a login through the driver, the session's
+// identity and TLS, and the advice.
+func (c *checker) database(ctx context.Context, db *sql.DB, connector *pgsecrets.Connector, sslMode string, began time.Time) {
 	// 4. The database.
 	c.diag.step = "logging in to the database"
-	t = time.Now()
+	t := time.Now()
 	conn, err := db.Conn(ctx)
 	tookLogin := c.timed("login", t)
 	c.addDriverStats(connector)

@@ -1,0 +1,70 @@
+package main
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/pgsecrets/pgsecrets"
+)
+
+// store runs step 2 (and then 4 and 5) for a provider other than Secrets
+// Manager: the connector fetches the secret through the provider, and the
+// provider says what it knows (lease, expiry, token TTL, file and mtime).
+func (c *checker) store(ctx context.Context, cfg *pgsecrets.Config, sslMode string, began time.Time) {
+	c.diag.step = "fetching the secret (" + cfg.Provider + ")"
+	connCfg := *cfg
+	connCfg.Password = pgsecrets.Secret{}
+	t := time.Now()
+	connector, err := pgsecrets.NewConnector(connCfg.FormatDSN(), pgsecrets.WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		c.step(2, "secret", "the driver rejected the DSN")
+		c.fail("dsn", err)
+		return
+	}
+	db := sql.OpenDB(connector)
+	defer db.Close()
+	facts, err := connector.Describe(ctx)
+	took := c.timed("fetch", t)
+	if err != nil {
+		c.step(2, "secret", "FAILED: "+cfg.Provider+" "+ms(took))
+		c.fail("fetch", err)
+		return
+	}
+	c.step(2, "secret", cfg.Provider+" "+ms(took))
+	sec := c.rep.Secret
+	sec.Fetched, sec.Password = true, "present"
+	lease := false
+	for _, f := range facts {
+		c.kv(f.Name, "%s", f.Value)
+		switch f.Name {
+		case "user":
+			sec.Username, c.diag.username = f.Value, f.Value
+		case "version":
+			sec.VersionID = f.Value
+		case "lease":
+			lease = true
+		}
+		c.rep.Facts = append(c.rep.Facts, fact{f.Name, f.Value})
+	}
+	c.kv("password", "present")
+
+	life := connector.ConnMaxLifetime()
+	rec := &recommendation{ConnMaxLifetime: life.String(), ConnMaxLifetimeSeconds: life.Seconds(),
+		Code: "db.SetConnMaxLifetime(" + goDuration(life) + ")",
+		Why: fmt.Sprintf("PostgreSQL checks a password only at login, so this bounds how long a session opened with an old password keeps running after a change (within ttl + lifetime = %s); pgsecrets.Open sets it for you",
+			cfg.TTL+life)}
+	if lease || connector.Stats().Expires.After(time.Now()) {
+		rec.Why = "these credentials expire: the driver retires every connection before its lease ends whatever the lifetime, so this only bounds how long a session lasts otherwise"
+	}
+	c.rep.Recommendation = rec
+	c.database(ctx, db, connector, sslMode, began)
+}
+
+// fact is one line of what the provider said, in the JSON report.
+type fact struct {
+	Name  string `json:"name"`
+	Value string `json:"value"`
+}
