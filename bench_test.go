@@ -57,13 +57,30 @@ func BenchmarkConnect(b *testing.B) {
 	}
 }
 
-// BenchmarkSelect1: a query on one open connection.
+// expiringProvider hands out the rig's credentials as if they were a
+// lease ending in an hour, so that connections are wrapped (lease.go).
+type expiringProvider struct{ user, password string }
+
+func (p expiringProvider) Fetch(context.Context, string) (*pgsecrets.Credentials, error) {
+	return &pgsecrets.Credentials{Username: p.user, Password: pgsecrets.NewSecret(p.password), VersionID: "lease",
+		Expires: time.Now().Add(time.Hour)}, nil
+}
+
+// BenchmarkSelect1: a query on one open connection. driver=pgsecrets-lease
+// runs on the wrapper that connections made with expiring credentials get;
+// plain pgsecrets connections are lib/pq's own.
 func BenchmarkSelect1(b *testing.B) {
 	plain, ours := benchConnectors(b)
+	r := newRig(b)
+	leased, err := pgsecrets.NewConnector(r.kv(""), pgsecrets.WithLogger(r.logger),
+		pgsecrets.WithProvider(expiringProvider{r.role, r.password}))
+	if err != nil {
+		b.Fatal(err)
+	}
 	for _, bc := range []struct {
 		name string
 		c    driver.Connector
-	}{{"driver=pq", plain}, {"driver=pgsecrets", ours}} {
+	}{{"driver=pq", plain}, {"driver=pgsecrets", ours}, {"driver=pgsecrets-lease", leased}} {
 		// One pool per driver for all of b.Run's rounds: closing it would
 		// close the pgsecrets connector.
 		db := sql.OpenDB(bc.c)
