@@ -67,8 +67,6 @@ func NewConnector(dsn string, opts ...Option) (*Connector, error) {
 		portSet: cfg.has("port", "PGPORT", os.Getenv),
 		dbSet:   cfg.has("dbname", "PGDATABASE", os.Getenv),
 	}
-	c.pol = policy{ttl: cfg.TTL, maxStale: cfg.MaxStale, margin: cfg.ExpiryMargin, log: c.log, stats: &c.stats}
-
 	provider, identity := o.provider, ""
 	switch {
 	case provider != nil:
@@ -81,7 +79,7 @@ func NewConnector(dsn string, opts ...Option) (*Connector, error) {
 		if !ok {
 			return nil, unknownProviderError(cfg.Provider)
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		ctx, cancel := context.WithTimeout(context.WithValue(context.Background(), loggerKey{}, c.log), 30*time.Second)
 		provider, err = info.factory(ctx, cfg)
 		cancel()
 		if err != nil {
@@ -92,6 +90,9 @@ func NewConnector(dsn string, opts ...Option) (*Connector, error) {
 			identity = cfg.Provider + ":" + k.CacheKey()
 		}
 	}
+	// After the factory: a provider may change its defaults (the file
+	// provider's short TTL).
+	c.pol = policy{ttl: cfg.TTL, maxStale: cfg.MaxStale, margin: cfg.ExpiryMargin, log: c.log, stats: &c.stats}
 	key := fmt.Sprintf("%s|%s|%s|%s|%s", identity, cfg.SecretID, cfg.VersionStage, cfg.UsernameKey, cfg.PasswordKey)
 	c.entry = acquireEntry(key, cfg.SecretID, cfg.VersionStage, provider)
 	target := fmt.Sprintf("%s|%d|%s|%v", base.Host, base.Port, base.Database, base.Multi)

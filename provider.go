@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"math"
 	"slices"
 	"sort"
@@ -123,6 +124,18 @@ type Describer interface {
 // when its connector's cache is dropped, or at once if an existing cache
 // is shared instead.
 type ProviderFactory func(ctx context.Context, cfg *Config) (Provider, error)
+
+type loggerKey struct{}
+
+// FactoryLogger returns the logger of the connector a ProviderFactory is
+// building a provider for (WithLogger, else slog.Default()), for providers
+// that log (the file provider's warnings). ctx is the factory's.
+func FactoryLogger(ctx context.Context) *slog.Logger {
+	if l, ok := ctx.Value(loggerKey{}).(*slog.Logger); ok && l != nil {
+		return l
+	}
+	return slog.Default()
+}
 
 // DefaultProvider is the provider used when the DSN has no secret_provider.
 const DefaultProvider = "awssm"

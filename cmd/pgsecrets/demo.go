@@ -25,6 +25,7 @@ import (
 	"github.com/pgsecrets/pgsecrets"
 	"github.com/pgsecrets/pgsecrets/internal/testdb"
 	"github.com/pgsecrets/pgsecrets/smtest"
+	"github.com/pgsecrets/pgsecrets/vault/vaulttest"
 )
 
 const demoHelp = `Usage: pgsecrets demo [--duration 20s] [--rotate-every 3s] [--workers 8] [--verbose]
@@ -91,6 +92,7 @@ Flags:
 `
 
 type demoOpts struct {
+	provider    string
 	duration    time.Duration
 	rotateEvery time.Duration
 	workers     int
@@ -107,6 +109,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&o.duration, "duration", 20*time.Second, "")
 	fs.DurationVar(&o.rotateEvery, "rotate-every", 3*time.Second, "")
 	fs.IntVar(&o.workers, "workers", 8, "")
+	fs.StringVar(&o.provider, "provider", "awssm", "")
 	fs.BoolVar(&o.verbose, "verbose", false, "")
 	pos, code, ok := parseFlags(fs, args, stdout, stderr, demoHelp)
 	if !ok {
@@ -121,6 +124,8 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return usageError(stderr, "demo", "--rotate-every must be at least 100ms")
 	case o.workers < 1 || o.workers > 200:
 		return usageError(stderr, "demo", "--workers must be between 1 and 200")
+	case o.provider != "awssm" && o.provider != "vault":
+		return usageError(stderr, "demo", "--provider must be awssm or vault")
 	}
 	d := &demo{opt: o, stdout: stdout, stderr: stderr, term: isTerminal(stdout), errSeen: map[string]bool{}}
 	code = d.run(ctx)
@@ -151,12 +156,17 @@ type demo struct {
 	outMu        sync.Mutex // serialises writes to stdout and stderr
 	lastProgress string
 
-	pg        *testdb.Cluster
-	sm        *smtest.Server
-	connector *pgsecrets.Connector
-	logins    *countingConnector
-	db        *sql.DB
-	start     time.Time // when the load started
+	pg *testdb.Cluster
+	sm *smtest.Server
+	vs *vaulttest.Server // --provider vault
+	// restoreToken undoes VAULT_TOKEN; vaultToken is kept for tests' leak
+	// checks.
+	restoreToken func()
+	vaultToken   string
+	connector    *pgsecrets.Connector
+	logins       *countingConnector
+	db           *sql.DB
+	start        time.Time // when the load started
 
 	pwMu      sync.Mutex
 	passwords []string // every password the role had, for tests' leak checks
@@ -174,14 +184,18 @@ type demo struct {
 }
 
 func (d *demo) run(ctx context.Context) int {
-	restoreEnv, err := setDemoAWSEnv()
-	if err != nil {
-		fmt.Fprintf(d.stderr, "pgsecrets demo: %v\n", err)
-		return exitFail
+	vault := d.opt.provider == "vault"
+	if !vault {
+		restoreEnv, err := setDemoAWSEnv()
+		if err != nil {
+			fmt.Fprintf(d.stderr, "pgsecrets demo: %v\n", err)
+			return exitFail
+		}
+		defer restoreEnv()
+		fmt.Fprintf(d.stdout, "pgsecrets demo: %d workers for %s, a rotation every %s\n", d.opt.workers, d.opt.duration, d.opt.rotateEvery)
+	} else {
+		fmt.Fprintf(d.stdout, "pgsecrets demo --provider vault: %d workers for %s, leases of %s\n", d.opt.workers, d.opt.duration, d.vaultTTL())
 	}
-	defer restoreEnv()
-
-	fmt.Fprintf(d.stdout, "pgsecrets demo: %d workers for %s, a rotation every %s\n", d.opt.workers, d.opt.duration, d.opt.rotateEvery)
 	fmt.Fprintf(d.stdout, "starting a throwaway PostgreSQL server…\n")
 	var pgLog io.Writer
 	if d.opt.verbose {
@@ -202,10 +216,23 @@ func (d *demo) run(ctx context.Context) int {
 	}
 	d.pg = pg
 	defer pg.Stop()
-	d.sm = smtest.NewServer()
-	defer d.sm.Close()
+	setup := d.setup
+	if vault {
+		setup = d.setupVault
+		defer func() {
+			if d.vs != nil {
+				d.vs.Close()
+			}
+			if d.restoreToken != nil {
+				d.restoreToken()
+			}
+		}()
+	} else {
+		d.sm = smtest.NewServer()
+		defer d.sm.Close()
+	}
 
-	if err := d.setup(ctx); err != nil {
+	if err := setup(ctx); err != nil {
 		if ctx.Err() != nil {
 			fmt.Fprintln(d.stderr, "pgsecrets demo: interrupted")
 			return exitInterrupted
@@ -216,6 +243,9 @@ func (d *demo) run(ctx context.Context) int {
 	defer d.db.Close()
 
 	d.runLoad(ctx)
+	if vault {
+		return d.vaultSummary()
+	}
 	return d.summary()
 }
 
@@ -370,6 +400,10 @@ func (d *demo) runLoad(ctx context.Context) {
 	rotDone := make(chan struct{})
 	go func() {
 		defer close(rotDone)
+		if d.vs != nil {
+			d.vaultEvents(ctx, stop)
+			return
+		}
 		d.rotate(ctx, stop)
 	}()
 	progDone := make(chan struct{})
@@ -619,6 +653,9 @@ func (d *demo) event(format string, a ...any) {
 }
 
 func (d *demo) progressLine() string {
+	if d.vs != nil {
+		return d.vaultProgressLine()
+	}
 	return fmt.Sprintf("%7s  queries %s  failed %d  rotations %d  outages %d  store calls %d  p50 %s  p99 %s",
 		seconds(time.Since(d.start)), thousands(d.ok.Load()+d.failed.Load()), d.failed.Load(),
 		d.rotations.Load(), d.outages.Load(), d.sm.Calls("GetSecretValue"),

@@ -16,6 +16,9 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+
+	// Every provider pgsecrets ships, so that check works with each.
+	_ "github.com/pgsecrets/pgsecrets/vault"
 )
 
 func main() {

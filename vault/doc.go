@@ -1,2 +1,0 @@
-// Package vault registers the "vault" secret provider with pgsecrets.
-package vault
