@@ -233,3 +233,12 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+func currentUserOf(t *testing.T, db *sql.DB) string {
+	t.Helper()
+	var u string
+	if err := db.QueryRow("SELECT current_user").Scan(&u); err != nil {
+		t.Fatal(err)
+	}
+	return u
+}

@@ -270,12 +270,21 @@ func (p *provider) Fetch(ctx context.Context, stage string) (*pgsecrets.Credenti
 			return nil, err
 		}
 		if ttl, ok := number(sec.Data["ttl"]); ok && ttl > 0 {
-			c.RotatesAt = now.Add(time.Duration(ttl) * time.Second)
+			// ttl is whole seconds, cut: the rotation comes up to a second
+			// later than now+ttl.
+			c.RotatesAt = now.Add(time.Duration(ttl)*time.Second + time.Second)
 		}
 		if s, ok := sec.Data["last_vault_rotation"].(string); ok {
 			if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
 				c.CreatedAt = t
 				c.VersionID = strconv.FormatInt(t.UnixMilli(), 10)
+				// The last rotation plus the period is exact, where this
+				// clock and Vault's agree.
+				if period, ok := number(sec.Data["rotation_period"]); ok && period > 0 {
+					if at := t.Add(time.Duration(period) * time.Second); at.After(now) && at.Before(c.RotatesAt) {
+						c.RotatesAt = at
+					}
+				}
 			}
 		}
 		return c, nil
