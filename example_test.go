@@ -213,3 +213,64 @@ func ExampleSecretError() {
 	// true prod/typo_app 28P01 invalid_password
 	// true
 }
+
+// A secret in a file, as a Kubernetes Secret volume, the Secrets Store CSI
+// driver or a Vault Agent template writes it: re-read when it changes.
+func Example_file() {
+	pg := testdb.Current()
+	if pg == nil {
+		log.Fatal("examples need PostgreSQL: see internal/testdb")
+	}
+	if err := pg.CreateRole(context.Background(), "example_file_app", "example-file-pw"); err != nil {
+		log.Fatal(err)
+	}
+	defer pg.DropRole(context.Background(), "example_file_app")
+	dir, err := os.MkdirTemp("", "pgsecrets-example-")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	file := dir + "/db.json"
+	if err := os.WriteFile(file, []byte(`{"username":"example_file_app","password":"example-file-pw"}`), 0o600); err != nil {
+		log.Fatal(err)
+	}
+
+	db, err := sql.Open("pgsecrets", fmt.Sprintf("host=%s port=%d dbname=postgres sslmode=verify-full sslrootcert=%s secret_provider=file secret_id=%s",
+		pg.Host(), pg.Port(), pg.CAFile(), file))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer db.Close()
+	var user string
+	if err := db.QueryRow("SELECT current_user").Scan(&user); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("logged in as", user)
+	// Output: logged in as example_file_app
+}
+
+// A store of your own: a Provider, registered under a name the DSN's
+// secret_provider selects, with the DSN keys it reads.
+func ExampleRegisterProvider() {
+	pgsecrets.RegisterProvider("example-static", func(ctx context.Context, cfg *pgsecrets.Config) (pgsecrets.Provider, error) {
+		user, _ := cfg.ProviderParam("secret_example_user")
+		return staticProvider{user: user}, nil
+	}, "secret_example_user")
+
+	cfg, err := pgsecrets.ParseDSN("host=db secret_provider=example-static secret_id=app secret_example_user=app")
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(cfg.Provider)
+	_, err = pgsecrets.ParseDSN("host=db secret_provider=nosuch secret_id=app")
+	fmt.Println(errors.Is(err, pgsecrets.ErrInvalidDSN))
+	// Output:
+	// example-static
+	// true
+}
+
+type staticProvider struct{ user string }
+
+func (p staticProvider) Fetch(ctx context.Context, stage string) (*pgsecrets.Credentials, error) {
+	return &pgsecrets.Credentials{Username: p.user, Password: pgsecrets.NewSecret(os.Getenv("APP_DB_PASSWORD"))}, nil
+}

@@ -533,7 +533,14 @@ func (p *provider) login(ctx context.Context) error {
 	lc.ClearToken()
 	sec, err := lc.Logical().WriteWithContext(ctx, "auth/"+p.authMount+"/login", body)
 	if err != nil {
-		return p.classify("logging in ("+p.auth+" at auth/"+p.authMount+") for", err)
+		err = p.classify("logging in ("+p.auth+" at auth/"+p.authMount+") for", err)
+		var se *pgsecrets.SecretError
+		if errors.As(err, &se) && se.Kind == pgsecrets.ErrSecretNotFound {
+			// Vault answers a rejected login with 400.
+			se.Kind = pgsecrets.ErrAccessDenied
+			se.Hint = "Vault rejected the login: check " + KeyRoleID + " and the secret id file for AppRole, " + KeyRole + " and the service account token for Kubernetes, and the auth mount"
+		}
+		return err
 	}
 	if sec == nil || sec.Auth == nil || sec.Auth.ClientToken == "" {
 		return p.errorf(pgsecrets.ErrAccessDenied, "Vault's login answer has no token", "")
