@@ -42,6 +42,9 @@ Usage:
                                   queries
   pgsecrets check [flags] DSN     check a pgsecrets DSN end to end: the secret,
                                   its rotation settings, the login and TLS
+  pgsecrets rotate --secret-id ID rotate a secret now (four steps), --resume a
+                                  half-done rotation, or --rollback a broken one
+  pgsecrets monitor ID...         report stuck, overdue or broken rotations
   pgsecrets help [command]        show help
 
 Run "pgsecrets <command> --help" for the command's flags.
@@ -62,6 +65,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runDemo(ctx, rest, stdout, stderr)
 	case "check":
 		return runCheck(ctx, rest, stdout, stderr)
+	case "rotate":
+		return runRotate(ctx, rest, stdout, stderr)
+	case "monitor":
+		return runMonitor(ctx, rest, stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		if len(rest) > 0 {
 			switch rest[0] {
@@ -69,6 +76,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 				return runDemo(ctx, []string{"--help"}, stdout, stderr)
 			case "check":
 				return runCheck(ctx, []string{"--help"}, stdout, stderr)
+			case "rotate":
+				return runRotate(ctx, []string{"--help"}, stdout, stderr)
+			case "monitor":
+				return runMonitor(ctx, []string{"--help"}, stdout, stderr)
 			}
 			fmt.Fprintf(stderr, "pgsecrets: unknown command %q\n\n%s", rest[0], usageText)
 			return exitUsage

@@ -1,0 +1,267 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
+
+	"github.com/pgsecrets/pgsecrets/rotate"
+)
+
+const rotateHelp = `Usage: pgsecrets rotate --secret-id ID [flags]
+
+Rotates a PostgreSQL secret of AWS Secrets Manager here and now, with the
+same four steps as a rotation Lambda (createSecret, setSecret, testSecret,
+finishSecret), printing each step with what it changed and how long it took;
+never a password. It works whether or not rotation is enabled on the secret.
+
+The database comes from the secret's host, port and dbname (--dsn adds or
+overrides lib/pq settings: sslmode, sslrootcert, host); the store from the
+AWS SDK's default chain (AWS_REGION, AWS_PROFILE, AWS_ENDPOINT_URL_SECRETS_MANAGER…).
+With --strategy alternating the secret's masterarn field names the admin
+secret that may create and change the users.
+
+Flags:
+  --secret-id ID         the secret (name or ARN); required
+  --strategy S           single (default) or alternating
+  --dsn PARAMS           lib/pq key=value settings, e.g. "sslmode=verify-full sslrootcert=/etc/rds-ca.pem"
+  --probe SQL            a statement the new credentials must be able to run (repeatable)
+  --password-length N    default 32
+  --exclude-chars S      characters left out of passwords (default /@"'\; "-" for none)
+  --dry-run              show the state and what would be done; change nothing
+  --resume               finish a rotation left half done (AWSPENDING ≠ AWSCURRENT)
+  --rollback             make AWSCURRENT a credential the database accepts again
+  --json                 one JSON object instead of text
+
+Exit status: 0 on success, 1 when a step failed or rollback refused, 2 for usage errors.
+`
+
+type multiFlag []string
+
+func (m *multiFlag) String() string     { return strings.Join(*m, "; ") }
+func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
+
+func runRotate(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("rotate", flag.ContinueOnError)
+	var (
+		secretID, strategy, dsn, exclude string
+		length                           int
+		dryRun, resume, rollback, asJSON bool
+		probes                           multiFlag
+	)
+	fs.StringVar(&secretID, "secret-id", "", "")
+	fs.StringVar(&strategy, "strategy", "single", "")
+	fs.StringVar(&dsn, "dsn", "", "")
+	fs.Var(&probes, "probe", "")
+	fs.IntVar(&length, "password-length", 32, "")
+	fs.StringVar(&exclude, "exclude-chars", "", "")
+	fs.BoolVar(&dryRun, "dry-run", false, "")
+	fs.BoolVar(&resume, "resume", false, "")
+	fs.BoolVar(&rollback, "rollback", false, "")
+	fs.BoolVar(&asJSON, "json", false, "")
+	pos, code, ok := parseFlags(fs, args, stdout, stderr, rotateHelp)
+	if !ok {
+		return code
+	}
+	st, err := rotate.ParseStrategy(strategy)
+	switch {
+	case len(pos) > 0:
+		return usageError(stderr, "rotate", "takes no arguments, got %d", len(pos))
+	case secretID == "":
+		return usageError(stderr, "rotate", "--secret-id is required")
+	case err != nil:
+		return usageError(stderr, "rotate", "%v", err)
+	case resume && rollback:
+		return usageError(stderr, "rotate", "--resume and --rollback exclude each other")
+	case length < 8 || length > 4096:
+		return usageError(stderr, "rotate", "--password-length must be between 8 and 4096")
+	}
+	client, err := smClient(ctx)
+	if err != nil {
+		fmt.Fprintf(stderr, "pgsecrets rotate: %v\n", err)
+		return exitFail
+	}
+	r := rotate.New(client, rotate.Options{Strategy: st, ConnParams: dsn, PasswordLength: length, ExcludeCharacters: exclude,
+		Probes: probes, Logger: slog.New(slog.DiscardHandler)})
+	out := &printer{w: stdout, json: asJSON, rep: map[string]any{"secret_id": secretID}}
+	switch {
+	case rollback:
+		res, err := r.Rollback(ctx, secretID, dryRun)
+		for _, l := range res.Logins {
+			state := "absent"
+			switch {
+			case l.OK:
+				state = "logs in"
+			case l.Present:
+				state = "rejected: " + l.Error
+			}
+			out.line("%-12s %-38s %-20s %s", l.Stage, l.VersionID, l.User, state)
+		}
+		out.rep["logins"], out.rep["action"], out.rep["why"] = res.Logins, res.Action, res.Why
+		return out.done(err, func() string {
+			if res.Action == "" {
+				return "OK: " + res.Why
+			}
+			if dryRun {
+				return "would have " + res.Action + " (" + res.Why + ")"
+			}
+			return "OK: " + res.Action + " (" + res.Why + ")"
+		})
+	case dryRun:
+		s := r.Check(ctx, secretID, time.Now())
+		out.line("secret       %s", s.ARN)
+		out.line("rotation     enabled %v, last %s, next %s", s.RotationEnabled, dateOr(s.LastRotated, "never"), dateOr(s.NextRotation, "not scheduled"))
+		out.line("AWSCURRENT   user %s, logs in %v", s.CurrentUser, s.CurrentLogsIn)
+		if s.StuckPending != "" {
+			out.line("AWSPENDING   version %s (a rotation left half done: --resume or --rollback)", s.StuckPending)
+		}
+		plan := "would run createSecret, setSecret, testSecret, finishSecret with strategy " + st.String()
+		if st == rotate.AlternatingUsers {
+			plan += " (the other user is created or updated from the current one)"
+		}
+		out.line("plan         %s", plan)
+		for _, p := range s.Problems {
+			out.line("problem      %s", p)
+		}
+		out.rep["status"], out.rep["plan"] = s, plan
+		var err error
+		if !s.CurrentLogsIn {
+			err = fmt.Errorf("AWSCURRENT does not log in; fix that (or --rollback) before rotating")
+		}
+		return out.done(err, func() string { return "dry run: nothing changed" })
+	}
+	var token string
+	var results []rotate.Result
+	if resume {
+		token, results, err = r.Resume(ctx, secretID)
+	} else {
+		token, results, err = r.Rotate(ctx, secretID)
+	}
+	for _, res := range results {
+		mark := "changed"
+		if !res.Changed {
+			mark = "no change"
+		}
+		out.line("%-13s %8s  %-9s  %s", res.Step, ms(res.Took), mark, res.What)
+	}
+	out.rep["version_id"], out.rep["steps"] = token, results
+	return out.done(err, func() string { return "OK: AWSCURRENT is version " + token })
+}
+
+// smClient is the Secrets Manager client of the SDK's default chain.
+func smClient(ctx context.Context) (*secretsmanager.Client, error) {
+	cfg, err := config.LoadDefaultConfig(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("loading the AWS configuration: %w", err)
+	}
+	if cfg.Region == "" {
+		return nil, fmt.Errorf("no AWS region: set AWS_REGION or a profile's region")
+	}
+	return secretsmanager.NewFromConfig(cfg), nil
+}
+
+// printer writes text lines, or collects a JSON report.
+type printer struct {
+	w    io.Writer
+	json bool
+	rep  map[string]any
+}
+
+func (p *printer) line(format string, a ...any) {
+	if !p.json {
+		fmt.Fprintf(p.w, format+"\n", a...)
+	}
+}
+
+// done prints the verdict and returns the exit status.
+func (p *printer) done(err error, ok func() string) int {
+	code := exitOK
+	verdict := ""
+	if err != nil {
+		code, verdict = exitFail, "FAIL: "+err.Error()
+	} else {
+		verdict = ok()
+	}
+	if p.json {
+		p.rep["ok"] = err == nil
+		if err != nil {
+			p.rep["error"] = err.Error()
+		}
+		b, _ := json.MarshalIndent(p.rep, "", "  ")
+		fmt.Fprintln(p.w, string(b))
+		return code
+	}
+	fmt.Fprintln(p.w, verdict)
+	return code
+}
+
+const monitorHelp = `Usage: pgsecrets monitor [--json] [--probe SQL]... [--dsn PARAMS] ID...
+
+Looks at the rotation of each secret (names or ARNs): rotation enabled, last
+rotated, next due, overdue by, an AWSPENDING left on a version other than
+AWSCURRENT (a failed or stuck rotation), whether AWSCURRENT logs in, and
+testSecret's privilege check and probes with it. For alerting: exit status 0
+when every secret is healthy, 1 when any needs a person, 2 for usage errors.
+`
+
+func runMonitor(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("monitor", flag.ContinueOnError)
+	var (
+		dsn    string
+		asJSON bool
+		probes multiFlag
+	)
+	fs.StringVar(&dsn, "dsn", "", "")
+	fs.BoolVar(&asJSON, "json", false, "")
+	fs.Var(&probes, "probe", "")
+	ids, code, ok := parseFlags(fs, args, stdout, stderr, monitorHelp)
+	if !ok {
+		return code
+	}
+	if len(ids) == 0 {
+		return usageError(stderr, "monitor", "name at least one secret")
+	}
+	client, err := smClient(ctx)
+	if err != nil {
+		fmt.Fprintf(stderr, "pgsecrets monitor: %v\n", err)
+		return exitFail
+	}
+	r := rotate.New(client, rotate.Options{ConnParams: dsn, Probes: probes, Logger: slog.New(slog.DiscardHandler)})
+	var all []rotate.Status
+	unhealthy := 0
+	for _, id := range ids {
+		s := r.Check(ctx, id, time.Now())
+		all = append(all, s)
+		if !s.Healthy() {
+			unhealthy++
+		}
+		if asJSON {
+			continue
+		}
+		verdict := "OK"
+		if !s.Healthy() {
+			verdict = "NEEDS ATTENTION"
+		}
+		fmt.Fprintf(stdout, "%s: %s (rotation enabled %v, last %s, next %s, AWSCURRENT user %s logs in %v)\n", id, verdict,
+			s.RotationEnabled, dateOr(s.LastRotated, "never"), dateOr(s.NextRotation, "not scheduled"), s.CurrentUser, s.CurrentLogsIn)
+		for _, p := range s.Problems {
+			fmt.Fprintf(stdout, "  - %s\n", p)
+		}
+	}
+	if asJSON {
+		b, _ := json.MarshalIndent(map[string]any{"ok": unhealthy == 0, "secrets": all}, "", "  ")
+		fmt.Fprintln(stdout, string(b))
+	}
+	if unhealthy > 0 {
+		return exitFail
+	}
+	return exitOK
+}

@@ -1,0 +1,92 @@
+package rotate
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+)
+
+// Status is what Check found about one secret's rotation.
+type Status struct {
+	SecretID        string     `json:"secret_id"`
+	ARN             string     `json:"arn,omitempty"`
+	RotationEnabled bool       `json:"rotation_enabled"`
+	LastRotated     *time.Time `json:"last_rotated,omitempty"`
+	NextRotation    *time.Time `json:"next_rotation,omitempty"`
+	// OverdueBy is how long past NextRotation the secret is (0 if not).
+	OverdueBy time.Duration `json:"overdue_by_ns,omitempty"`
+	// StuckPending is the version AWSPENDING is on when that is not
+	// AWSCURRENT: a rotation that failed or never finished.
+	StuckPending string `json:"stuck_pending,omitempty"`
+	CurrentUser  string `json:"current_user,omitempty"`
+	// CurrentLogsIn says whether AWSCURRENT's credentials log in now.
+	CurrentLogsIn bool `json:"current_logs_in"`
+	// Problems lists, in words, everything that needs a person; empty
+	// when the secret is healthy.
+	Problems []string `json:"problems,omitempty"`
+}
+
+// Healthy reports whether nothing needs a person.
+func (s Status) Healthy() bool { return len(s.Problems) == 0 }
+
+// Check looks at one secret: rotation enabled, last and next rotation,
+// overdue, an AWSPENDING left on another version than AWSCURRENT, whether
+// AWSCURRENT logs in, and the probes of testSecret with it. now is the
+// time to judge against (time.Now() in production).
+func (r *Rotator) Check(ctx context.Context, secretID string, now time.Time) Status {
+	st := Status{SecretID: secretID}
+	vs, err := r.versions(ctx, secretID)
+	if err != nil {
+		st.Problems = append(st.Problems, "cannot describe the secret: "+err.Error())
+		return st
+	}
+	d := vs.desc
+	st.ARN, st.RotationEnabled = aws.ToString(d.ARN), vs.enabled
+	st.LastRotated, st.NextRotation = d.LastRotatedDate, d.NextRotationDate
+	if !st.RotationEnabled {
+		st.Problems = append(st.Problems, "rotation is not enabled")
+	}
+	if st.NextRotation != nil && now.After(*st.NextRotation) {
+		st.OverdueBy = now.Sub(*st.NextRotation)
+		st.Problems = append(st.Problems, fmt.Sprintf("rotation overdue by %s (due %s)", st.OverdueBy.Round(time.Minute), st.NextRotation.UTC().Format(time.RFC3339)))
+	}
+	if vs.pending != "" && vs.pending != vs.current {
+		st.StuckPending = vs.pending
+		st.Problems = append(st.Problems, fmt.Sprintf("AWSPENDING is on version %s, not AWSCURRENT (%s): a rotation failed or never finished; `pgsecrets rotate --resume` or `--rollback`", vs.pending, vs.current))
+	}
+	cur, err := r.get(ctx, secretID, "", StageCurrent)
+	if err != nil {
+		st.Problems = append(st.Problems, "cannot read AWSCURRENT: "+err.Error())
+		return st
+	}
+	st.CurrentUser = cur.user()
+	db, err := r.open(ctx, cur)
+	if err != nil {
+		st.Problems = append(st.Problems, fmt.Sprintf("AWSCURRENT (user %s) does not log in: %v", cur.user(), err))
+		return st
+	}
+	defer db.Close()
+	st.CurrentLogsIn = true
+	// The grant check of testSecret, against the previous user when the
+	// strategy alternates.
+	if vs.previous != "" {
+		if prev, err := r.get(ctx, secretID, vs.previous, ""); err == nil && prev.user() != cur.user() {
+			missing, _, err := missingPrivileges(ctx, db, prev.user())
+			switch {
+			case err != nil:
+				st.Problems = append(st.Problems, "cannot compare privileges: "+err.Error())
+			case len(missing) > 0:
+				st.Problems = append(st.Problems, fmt.Sprintf("%s lacks privileges %s has: %s", cur.user(), prev.user(), strings.Join(missing, ", ")))
+			}
+		}
+	}
+	for _, p := range r.opt.Probes {
+		if err := probe(ctx, db, p); err != nil {
+			st.Problems = append(st.Problems, fmt.Sprintf("probe %q fails as %s: %v", p, cur.user(), err))
+		}
+	}
+	return st
+}
