@@ -503,3 +503,5 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+func timeNow() time.Time { return time.Now() }
