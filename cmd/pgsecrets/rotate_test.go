@@ -141,3 +141,24 @@ func TestRotateInterruptedResumeAndRollback(t *testing.T) {
 		})
 	}
 }
+
+// --dry-run shows the state and the plan and changes nothing.
+func TestRotateDryRun(t *testing.T) {
+	r := newCheckRig(t)
+	r.rotSecret(t)
+	before, _, _ := r.sm.Version(r.secretID, "AWSCURRENT")
+	res := runCmd("rotate", "--secret-id", r.secretID, "--dsn", r.dsnFlag(), "--dry-run", "--strategy", "alternating")
+	t.Logf("%s", res)
+	if res.code != 0 || !strings.Contains(res.stdout, "would run createSecret") || !strings.Contains(res.stdout, "dry run: nothing changed") {
+		t.Errorf("exit %d", res.code)
+	}
+	if after, _, _ := r.sm.Version(r.secretID, "AWSCURRENT"); after != before || len(r.sm.Stages(r.secretID)) != 2 {
+		t.Errorf("the dry run changed the secret: %v", r.sm.Stages(r.secretID))
+	}
+	if res := runCmd("rotate", "--secret-id", r.secretID, "--resume", "--rollback"); res.code != 2 {
+		t.Errorf("--resume --rollback: exit %d", res.code)
+	}
+	if res := runCmd("rotate"); res.code != 2 || !strings.Contains(res.stderr, "--secret-id is required") {
+		t.Errorf("no secret id: exit %d, %s", res.code, res.stderr)
+	}
+}
