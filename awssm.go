@@ -140,7 +140,7 @@ func (p *awsProvider) classify(stage string, err error) error {
 	case "AccessDeniedException":
 		se.Kind = ErrAccessDenied
 		se.Hint = fmt.Sprintf("the AWS identity in use needs secretsmanager:GetSecretValue on %s", p.secretID)
-	case "UnrecognizedClientException", "InvalidClientTokenId", "ExpiredTokenException", "ExpiredToken",
+	case "UnrecognizedClientException", "InvalidClientTokenId", "ExpiredTokenException", "ExpiredToken", "MissingAuthenticationTokenException",
 		"InvalidSignatureException", "SignatureDoesNotMatch", "IncompleteSignature", "IncompleteSignatureException":
 		se.Kind = ErrAccessDenied
 		se.Hint = "the AWS credentials in use are invalid or expired: check the SDK's credential chain (environment, profile, role)"

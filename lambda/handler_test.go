@@ -10,6 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
+	"github.com/aws/aws-sdk-go-v2/service/secretsmanager/types"
 	"github.com/pgsecrets/pgsecrets/internal/testdb"
 	"github.com/pgsecrets/pgsecrets/lambda"
 	"github.com/pgsecrets/pgsecrets/rotate"
@@ -88,5 +91,49 @@ func TestHandlerFourSteps(t *testing.T) {
 		} else {
 			t.Log(err)
 		}
+	}
+}
+
+// Secrets Manager's RotateSecret invoking the function (in process, through
+// smtest's hook) with the contract enforced: it labels the new version
+// AWSPENDING first, then each step runs.
+func TestRotateSecretInvokesHandler(t *testing.T) {
+	pg := testdb.Shared(t)
+	sm := smtest.Start(t)
+	b := make([]byte, 8)
+	rand.Read(b)
+	user, pw := "lam_"+hex.EncodeToString(b[:4]), "pw-"+hex.EncodeToString(b)
+	if err := pg.CreateRole(context.Background(), user, pw); err != nil {
+		t.Fatal(err)
+	}
+	defer pg.DropRole(context.Background(), user)
+	v, _ := json.Marshal(map[string]any{"username": user, "password": pw, "host": pg.Host(), "port": pg.Port(), "dbname": "postgres"})
+	id := "prod/" + user
+	arn := sm.CreateSecret(id, string(v))
+	opt, _ := lambda.OptionsFromEnv(func(k string) string {
+		return map[string]string{lambda.EnvConnParams: "sslmode=verify-full sslrootcert=" + pg.CAFile()}[k]
+	})
+	h := lambda.Handler(rotate.New(sm.Client(), opt))
+	sm.OnRotate(func(ctx context.Context, secretID, token string) error {
+		for _, step := range rotate.Steps {
+			if err := h(ctx, lambda.Event{SecretID: secretID, ClientRequestToken: token, Step: string(step)}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	out, err := sm.Client().RotateSecret(context.Background(), &secretsmanager.RotateSecretInput{SecretId: &arn,
+		RotationLambdaARN: aws.String("arn:aws:lambda:us-east-1:123456789012:function:pgsecrets-rotation"),
+		RotationRules:     &types.RotationRulesType{AutomaticallyAfterDays: aws.Int64(30)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur, value, _ := sm.Version(id, "AWSCURRENT")
+	if cur != aws.ToString(out.VersionId) || strings.Contains(value, pw) {
+		t.Errorf("AWSCURRENT on %s after RotateSecret returned %s", cur, aws.ToString(out.VersionId))
+	}
+	st := rotate.New(sm.Client(), opt).Check(context.Background(), id, time.Now())
+	if !st.Healthy() || st.LastRotated == nil {
+		t.Errorf("after the rotation: %+v", st)
 	}
 }

@@ -4,11 +4,27 @@
 // HTTP on 127.0.0.1), so the unmodified AWS SDK for Go v2 — and anything built
 // on it, such as the pgsecrets driver — talks to it exactly as it would talk to
 // AWS. It implements CreateSecret, GetSecretValue, PutSecretValue,
-// UpdateSecretVersionStage and DescribeSecret, with AWS's staging-label rules
-// (AWSCURRENT, AWSPENDING, AWSPREVIOUS), lookup by name, full ARN or partial
-// ARN, and AWS's error codes. It also counts requests and can inject faults
-// (errors, throttling, denial, delays, hanging requests), which makes
-// rotation, outages and retries easy to reproduce.
+// UpdateSecretVersionStage, DescribeSecret, ListSecrets (filters and
+// pagination), ListSecretVersionIds, GetRandomPassword, RotateSecret,
+// CancelRotateSecret, DeleteSecret and RestoreSecret, with AWS's
+// staging-label rules (AWSCURRENT, AWSPENDING, AWSPREVIOUS), lookup by name,
+// full ARN or partial ARN, and AWS's error codes. It also counts requests and
+// can inject faults (errors, throttling, denial, delays, hanging requests),
+// which makes rotation, outages and retries easy to reproduce.
+//
+// RotateSecret runs a Go function set with [Server.OnRotate] in place of the
+// rotation Lambda, before it answers, so a rotation library can be tested end
+// to end through the SDK. The command github.com/pgsecrets/pgsecrets/cmd/smtest
+// serves the same fake to other languages and the AWS CLI.
+//
+// Where the protocol leaves a choice, the server follows AWS rather than
+// other fakes: requests without an Authorization header get 403
+// MissingAuthenticationTokenException; parameters that break the API model's
+// limits (a ClientRequestToken outside 32–64 characters, PasswordLength
+// outside 1–4096, MaxResults outside 1–100) get ValidationException, which
+// the SDK has no type for; raw HTTP writes without a ClientRequestToken are
+// refused. The Go methods accept any version id. conformance_test.go lists
+// where moto, run side by side when installed, behaves otherwise.
 //
 // Testing an application that uses pgsecrets takes three steps: start a
 // server, create the secret, and point the SDK at the server:

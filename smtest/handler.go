@@ -1,6 +1,7 @@
 package smtest
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -102,7 +103,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 
-	out, e := s.dispatch(op, body)
+	out, e := s.dispatch(r.Context(), op, body)
 	if e != nil {
 		writeError(w, e)
 		return
@@ -116,6 +117,13 @@ var knownOps = map[string]bool{
 	"PutSecretValue":           true,
 	"UpdateSecretVersionStage": true,
 	"DescribeSecret":           true,
+	"ListSecrets":              true,
+	"ListSecretVersionIds":     true,
+	"GetRandomPassword":        true,
+	"RotateSecret":             true,
+	"CancelRotateSecret":       true,
+	"DeleteSecret":             true,
+	"RestoreSecret":            true,
 }
 
 // checkAuth requires a SigV4 Authorization header; the signature itself is
@@ -123,8 +131,10 @@ var knownOps = map[string]bool{
 func (s *Server) checkAuth(r *http.Request) *Error {
 	auth := r.Header.Get("Authorization")
 	if auth == "" {
-		return newError(400, "IncompleteSignatureException",
-			"Request is missing Authentication Token (no Authorization header).")
+		// What AWS answers an unsigned request, such as one from a client
+		// that found no credentials.
+		return newError(http.StatusForbidden, "MissingAuthenticationTokenException",
+			"Missing Authentication Token")
 	}
 	if !strings.HasPrefix(auth, "AWS4-HMAC-SHA256 ") {
 		return newError(400, "IncompleteSignatureException",
@@ -194,7 +204,7 @@ func writeError(w http.ResponseWriter, e *Error) {
 	}{e.Code, e.Message})
 }
 
-func (s *Server) dispatch(op string, body []byte) (any, *Error) {
+func (s *Server) dispatch(ctx context.Context, op string, body []byte) (any, *Error) {
 	switch op {
 	case "CreateSecret":
 		return s.httpCreateSecret(body)
@@ -206,6 +216,20 @@ func (s *Server) dispatch(op string, body []byte) (any, *Error) {
 		return s.httpUpdateSecretVersionStage(body)
 	case "DescribeSecret":
 		return s.httpDescribeSecret(body)
+	case "ListSecrets":
+		return s.httpListSecrets(body)
+	case "ListSecretVersionIds":
+		return s.httpListSecretVersionIds(body)
+	case "GetRandomPassword":
+		return s.httpGetRandomPassword(body)
+	case "RotateSecret":
+		return s.httpRotateSecret(ctx, body)
+	case "CancelRotateSecret":
+		return s.httpCancelRotateSecret(body)
+	case "DeleteSecret":
+		return s.httpDeleteSecret(body)
+	case "RestoreSecret":
+		return s.httpRestoreSecret(body)
 	}
 	return nil, newError(400, "UnknownOperationException", "Unknown operation %s.", op)
 }
@@ -226,6 +250,14 @@ func (s *Server) httpCreateSecret(body []byte) (any, *Error) {
 		Description        string
 	}
 	if e := decode(body, &in); e != nil {
+		return nil, e
+	}
+	if in.SecretString != nil || in.SecretBinary != nil {
+		if e := requireToken(in.ClientRequestToken); e != nil {
+			return nil, e
+		}
+	}
+	if e := checkTokenLength(in.ClientRequestToken); e != nil {
 		return nil, e
 	}
 	r, e := s.createSecret(createReq{
@@ -287,6 +319,16 @@ func (s *Server) httpPutSecretValue(body []byte) (any, *Error) {
 	if e := decode(body, &in); e != nil {
 		return nil, e
 	}
+	if in.SecretString == nil && in.SecretBinary == nil {
+		return nil, newError(400, "InvalidRequestException",
+			"You must provide either SecretString or SecretBinary.")
+	}
+	if e := requireToken(in.ClientRequestToken); e != nil {
+		return nil, e
+	}
+	if e := checkTokenLength(in.ClientRequestToken); e != nil {
+		return nil, e
+	}
 	r, e := s.putSecretValue(putReq{
 		secretID: in.SecretId, token: in.ClientRequestToken,
 		str: in.SecretString, bin: in.SecretBinary, stages: in.VersionStages,
@@ -324,23 +366,83 @@ func (s *Server) httpUpdateSecretVersionStage(body []byte) (any, *Error) {
 
 type rotationRules struct {
 	AutomaticallyAfterDays *int64  `json:",omitempty"`
+	Duration               *string `json:",omitempty"`
 	ScheduleExpression     *string `json:",omitempty"`
 }
 
+// secretMeta is what DescribeSecret returns and, with the version map under
+// another name, what ListSecrets returns for each secret.
+type secretMeta struct {
+	ARN               string
+	Name              string
+	Description       string         `json:",omitempty"`
+	RotationEnabled   *bool          `json:",omitempty"`
+	RotationLambdaARN string         `json:",omitempty"`
+	RotationRules     *rotationRules `json:",omitempty"`
+	LastRotatedDate   *epoch         `json:",omitempty"`
+	LastChangedDate   *epoch         `json:",omitempty"`
+	LastAccessedDate  *epoch         `json:",omitempty"`
+	DeletedDate       *epoch         `json:",omitempty"`
+	NextRotationDate  *epoch         `json:",omitempty"`
+	CreatedDate       *epoch         `json:",omitempty"`
+}
+
+// describeOutput and listEntry differ only in the name of the version map.
 type describeOutput struct {
-	ARN                string
-	Name               string
-	Description        string         `json:",omitempty"`
-	RotationEnabled    *bool          `json:",omitempty"`
-	RotationLambdaARN  string         `json:",omitempty"`
-	RotationRules      *rotationRules `json:",omitempty"`
-	LastRotatedDate    *epoch         `json:",omitempty"`
-	LastChangedDate    *epoch         `json:",omitempty"`
-	LastAccessedDate   *epoch         `json:",omitempty"`
-	DeletedDate        *epoch         `json:",omitempty"`
-	NextRotationDate   *epoch         `json:",omitempty"`
-	CreatedDate        *epoch         `json:",omitempty"`
+	secretMeta
 	VersionIdsToStages map[string][]string
+}
+
+type listEntry struct {
+	secretMeta
+	SecretVersionsToStages map[string][]string
+}
+
+// metaLocked returns the fields DescribeSecret and ListSecrets share.
+func (s *Server) metaLocked(sec *secret) secretMeta {
+	out := secretMeta{
+		ARN:              sec.arn,
+		Name:             sec.name,
+		Description:      sec.description,
+		LastChangedDate:  epochPtr(sec.changed),
+		LastAccessedDate: epochPtr(sec.accessed),
+		DeletedDate:      epochPtr(sec.deleted),
+		CreatedDate:      epochPtr(sec.created),
+	}
+	if !sec.rotConfigured {
+		return out
+	}
+	enabled := sec.rotEnabled
+	out.RotationEnabled = &enabled
+	out.RotationLambdaARN = sec.rotLambda
+	if sec.rotEnabled {
+		// AWS reports no last rotation while rotation is off.
+		out.LastRotatedDate = epochPtr(sec.rotLast)
+	}
+	var rules rotationRules
+	if sec.rotDays > 0 {
+		days := int64(sec.rotDays)
+		rules.AutomaticallyAfterDays = &days
+	}
+	if sec.rotSchedule != "" {
+		expr := sec.rotSchedule
+		rules.ScheduleExpression = &expr
+	}
+	if sec.rotDuration != "" {
+		d := sec.rotDuration
+		rules.Duration = &d
+	}
+	if rules != (rotationRules{}) {
+		out.RotationRules = &rules
+	}
+	if every := sec.rotInterval(); sec.rotEnabled && every > 0 {
+		base := sec.rotLast
+		if base.IsZero() {
+			base = sec.created
+		}
+		out.NextRotationDate = epochPtr(base.Add(every))
+	}
+	return out
 }
 
 func (s *Server) httpDescribeSecret(body []byte) (any, *Error) {
@@ -354,36 +456,5 @@ func (s *Server) httpDescribeSecret(body []byte) (any, *Error) {
 	if e != nil {
 		return nil, e
 	}
-	out := describeOutput{
-		ARN:                sec.arn,
-		Name:               sec.name,
-		Description:        sec.description,
-		LastChangedDate:    epochPtr(sec.changed),
-		LastAccessedDate:   epochPtr(sec.accessed),
-		DeletedDate:        epochPtr(sec.deleted),
-		CreatedDate:        epochPtr(sec.created),
-		VersionIdsToStages: sec.versionIDsToStages(),
-	}
-	if sec.rotConfigured {
-		enabled := sec.rotEnabled
-		out.RotationEnabled = &enabled
-		out.RotationLambdaARN = "arn:" + s.partition + ":lambda:" + s.region + ":" + s.account + ":function:smtest-rotation"
-		out.LastRotatedDate = epochPtr(sec.rotLast)
-		switch {
-		case sec.rotDays > 0:
-			days := int64(sec.rotDays)
-			out.RotationRules = &rotationRules{AutomaticallyAfterDays: &days}
-		case sec.rotSchedule != "":
-			expr := sec.rotSchedule
-			out.RotationRules = &rotationRules{ScheduleExpression: &expr}
-		}
-		if every := sec.rotInterval(); sec.rotEnabled && every > 0 {
-			base := sec.rotLast
-			if base.IsZero() {
-				base = sec.created
-			}
-			out.NextRotationDate = epochPtr(base.Add(every))
-		}
-	}
-	return out, nil
+	return describeOutput{s.metaLocked(sec), sec.versionIDsToStages()}, nil
 }

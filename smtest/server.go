@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -58,6 +59,9 @@ type Server struct {
 	faults    []*faultEntry
 	faultSeq  uint64
 	observer  func(op, secretID string)
+	secretSeq uint64
+	onRotate  RotateFunc
+	listener  net.Listener // from WithListener; nil for a random loopback port
 }
 
 // Option configures a [Server].
@@ -92,6 +96,14 @@ func WithClock(now func() time.Time) Option {
 	return func(s *Server) { s.now = now }
 }
 
+// WithListener makes the server accept connections on l instead of on a
+// random port of 127.0.0.1, for a server that must be reachable at a known
+// address (the smtest command's --addr). [Server.URL] is derived from
+// l.Addr(); [Server.Close] closes l.
+func WithListener(l net.Listener) Option {
+	return func(s *Server) { s.listener = l }
+}
+
 // NewServer starts a server on 127.0.0.1 with a random port. Call
 // [Server.Close] when done, or use [Start] in tests.
 func NewServer(opts ...Option) *Server {
@@ -111,7 +123,14 @@ func NewServer(opts ...Option) *Server {
 		o(s)
 	}
 	s.partition = partitionFor(s.region)
-	s.hs = httptest.NewServer(s)
+	if s.listener == nil {
+		s.hs = httptest.NewServer(s)
+		return s
+	}
+	s.hs = httptest.NewUnstartedServer(s)
+	s.hs.Listener.Close()
+	s.hs.Listener = s.listener
+	s.hs.Start()
 	return s
 }
 

@@ -210,7 +210,6 @@ func TestGetByStageAndVersionID(t *testing.T) {
 			"Secrets Manager can't find the specified secret value for staging label: AWSPREVIOUS"},
 		{secretsmanager.GetSecretValueInput{SecretId: aws.String("db"), VersionId: aws.String("no-such-version")},
 			"Secrets Manager can't find the specified secret value for VersionId: no-such-version"},
-		{secretsmanager.GetSecretValueInput{SecretId: aws.String("db"), VersionId: aws.String(v1), VersionStage: aws.String("AWSPENDING")}, ""},
 	}
 	for _, tc := range notFound {
 		_, err := c.GetSecretValue(t.Context(), &tc.in)
@@ -219,6 +218,12 @@ func TestGetByStageAndVersionID(t *testing.T) {
 			t.Errorf("message = %q, want %q", e.ErrorMessage(), tc.msg)
 		}
 	}
+	// A VersionId and a VersionStage that name different versions are a
+	// contradictory request, not a missing version.
+	_, err = c.GetSecretValue(t.Context(), &secretsmanager.GetSecretValueInput{
+		SecretId: aws.String("db"), VersionId: aws.String(v1), VersionStage: aws.String("AWSPENDING"),
+	})
+	wantAs[*types.InvalidRequestException](t, err)
 }
 
 // labelsUnique checks that every label is on at most one version and
@@ -556,7 +561,7 @@ func TestErrorTypes(t *testing.T) {
 	wantAs[*types.InvalidParameterException](t, err)
 
 	_, err = c.PutSecretValue(ctx, &secretsmanager.PutSecretValueInput{SecretId: aws.String("db")})
-	wantAs[*types.InvalidParameterException](t, err)
+	wantAs[*types.InvalidRequestException](t, err)
 
 	// A secret marked for deletion: InvalidRequestException, but DescribeSecret works.
 	if err := s.DeleteSecret("gone", false); err != nil {
@@ -647,9 +652,9 @@ func TestAuthAndProtocolErrors(t *testing.T) {
 		status             int
 		code               string
 	}{
-		{"secretsmanager.GetSecretValue", "", `{"SecretId":"x"}`, 400, "IncompleteSignatureException"},
+		{"secretsmanager.GetSecretValue", "", `{"SecretId":"x"}`, 403, "MissingAuthenticationTokenException"},
 		{"secretsmanager.GetSecretValue", "Basic Zm9vOmJhcg==", `{"SecretId":"x"}`, 400, "IncompleteSignatureException"},
-		{"secretsmanager.ListSecrets", sig, `{}`, 400, "UnknownOperationException"},
+		{"secretsmanager.TagResource", sig, `{}`, 400, "UnknownOperationException"},
 		{"kms.Decrypt", sig, `{}`, 400, "UnknownOperationException"},
 		{"secretsmanager.GetSecretValue", sig, `{not json`, 400, "SerializationException"},
 		{"secretsmanager.GetSecretValue", sig, `{"SecretId":"x"}`, 400, "ResourceNotFoundException"},
@@ -661,7 +666,7 @@ func TestAuthAndProtocolErrors(t *testing.T) {
 			t.Errorf("%s auth=%q: %d %s %s", tc.target, tc.auth, resp.StatusCode, resp.Header.Get("X-Amzn-ErrorType"), body)
 		}
 	}
-	if s.Calls("GetSecretValue") != 4 || s.Calls("ListSecrets") != 1 || s.Calls("kms.Decrypt") != 1 || s.TotalCalls() != 6 {
+	if s.Calls("GetSecretValue") != 4 || s.Calls("TagResource") != 1 || s.Calls("kms.Decrypt") != 1 || s.TotalCalls() != 6 {
 		t.Errorf("counters = %v, total %d", s.CallCounts(), s.TotalCalls())
 	}
 }

@@ -50,10 +50,16 @@ func errDeleted() *Error {
 }
 
 type version struct {
-	id      string
-	str     string
-	bin     []byte // non-nil for binary secrets
-	created time.Time
+	id       string
+	str      string
+	bin      []byte // non-nil for binary secrets
+	created  time.Time
+	accessed time.Time // day of the last GetSecretValue of this version
+	seq      uint64    // creation order, to list versions stably within one millisecond
+	// placeholder marks the version RotateSecret labels AWSPENDING before
+	// the rotation function runs: listed with its stage, but without a
+	// value until the function's createSecret puts one.
+	placeholder bool
 }
 
 func (v *version) value() string {
@@ -80,11 +86,23 @@ type secret struct {
 	versions              map[string]*version
 	labels                map[string]string // stage -> version id
 
+	seq           uint64    // creation order among all secrets
+	deletionDate  time.Time // when a scheduled deletion would take effect
+	versionSeq    uint64
 	rotConfigured bool
 	rotEnabled    bool
 	rotDays       int
 	rotLast       time.Time
 	rotSchedule   string
+	rotDuration   string
+	rotLambda     string
+}
+
+// addVersion stores v, numbering it so that listings keep creation order.
+func (sec *secret) addVersion(v *version) {
+	sec.versionSeq++
+	v.seq = sec.versionSeq
+	sec.versions[v.id] = v
 }
 
 // rotInterval returns the time between rotations, or 0 if unknown.
@@ -120,11 +138,16 @@ func (sec *secret) stagesOf(id string) []string {
 
 // move attaches label to version to, removing it from the version that had
 // it; moving AWSCURRENT puts AWSPREVIOUS on the version that had AWSCURRENT.
-func (sec *secret) move(label, to string) {
+// AWSCURRENT arriving on the AWSPENDING version is how a rotation's
+// finishSecret step completes, which is when AWS records LastRotatedDate.
+func (sec *secret) move(label, to string, now time.Time) {
 	old := sec.labels[label]
 	sec.labels[label] = to
 	if label == StageCurrent && old != "" && old != to {
 		sec.labels[StagePrevious] = old
+		if sec.labels[StagePending] == to {
+			sec.rotLast = now
+		}
 	}
 }
 
@@ -292,10 +315,12 @@ func (s *Server) createSecret(in createReq) (createResp, *Error) {
 		if in.str != nil {
 			v.str = *in.str
 		}
-		sec.versions[id] = v
+		sec.addVersion(v)
 		sec.labels[StageCurrent] = id
 		r.versionID = id
 	}
+	s.secretSeq++
+	sec.seq = s.secretSeq
 	s.secrets[sec.name] = sec
 	s.byARN[sec.arn] = sec
 	s.byPartial[sec.partialARN] = sec
@@ -337,6 +362,19 @@ func (s *Server) putSecretValue(in putReq) (putResp, *Error) {
 	if id == "" {
 		id = newVersionID()
 	}
+	if v := sec.versions[id]; v != nil && v.placeholder {
+		// The rotation function fills the version RotateSecret made.
+		v.placeholder, v.bin = false, copyBytes(in.bin)
+		if in.str != nil {
+			v.str = *in.str
+		}
+		now := s.timestamp()
+		for _, st := range in.stages {
+			sec.move(st, id, now)
+		}
+		sec.changed = now
+		return putResp{arn: sec.arn, name: sec.name, versionID: id, stages: sec.stagesOf(id)}, nil
+	}
 	if v := sec.versions[id]; v != nil {
 		if !v.sameValue(in.str, in.bin) {
 			return putResp{}, newError(400, "ResourceExistsException",
@@ -349,7 +387,7 @@ func (s *Server) putSecretValue(in putReq) (putResp, *Error) {
 	if in.str != nil {
 		v.str = *in.str
 	}
-	sec.versions[id] = v
+	sec.addVersion(v)
 	stages := in.stages
 	if len(stages) == 0 {
 		stages = []string{StageCurrent}
@@ -359,7 +397,7 @@ func (s *Server) putSecretValue(in putReq) (putResp, *Error) {
 		sec.labels[StageCurrent] = id
 	}
 	for _, st := range stages {
-		sec.move(st, id)
+		sec.move(st, id, now)
 	}
 	sec.changed = now
 	return putResp{arn: sec.arn, name: sec.name, versionID: id, stages: sec.stagesOf(id)}, nil
@@ -401,7 +439,7 @@ func (s *Server) updateStage(secretID, stage, moveTo, removeFrom string, lenient
 		if cur != "" && removeFrom == "" && !lenient {
 			return "", "", errInvalidParam("The parameter RemoveFromVersionId can't be empty. Staging label %s is currently attached to version %s, so you must explicitly reference that version in RemoveFromVersionId.", stage, cur)
 		}
-		sec.move(stage, moveTo)
+		sec.move(stage, moveTo, s.timestamp())
 	}
 	sec.changed = s.timestamp()
 	return sec.arn, sec.name, nil
@@ -431,13 +469,13 @@ func (s *Server) getSecretValue(in getReq) (getResp, *Error) {
 	switch {
 	case in.versionID != "":
 		v = sec.versions[in.versionID]
-		if v == nil {
+		if v == nil || v.placeholder {
 			return getResp{}, newError(400, "ResourceNotFoundException",
 				"Secrets Manager can't find the specified secret value for VersionId: %s", in.versionID)
 		}
 		if in.stage != "" && sec.labels[in.stage] != in.versionID {
-			return getResp{}, newError(400, "ResourceNotFoundException",
-				"Secrets Manager can't find the specified secret value for VersionId: %s and staging label: %s", in.versionID, in.stage)
+			return getResp{}, newError(400, "InvalidRequestException",
+				"You provided a VersionStage that is not associated to the provided VersionId.")
 		}
 	default:
 		stage := in.stage
@@ -445,13 +483,14 @@ func (s *Server) getSecretValue(in getReq) (getResp, *Error) {
 			stage = StageCurrent
 		}
 		v = sec.versions[sec.labels[stage]]
-		if v == nil {
+		if v == nil || v.placeholder {
 			return getResp{}, newError(400, "ResourceNotFoundException",
 				"Secrets Manager can't find the specified secret value for staging label: %s", stage)
 		}
 	}
 	// AWS records the day of the last access, not the moment.
 	sec.accessed = s.timestamp().Truncate(24 * time.Hour)
+	v.accessed = sec.accessed
 	return getResp{
 		arn: sec.arn, name: sec.name, versionID: v.id,
 		str: v.str, bin: v.bin, created: v.created, stages: sec.stagesOf(v.id),
@@ -603,6 +642,10 @@ func (s *Server) Stages(secretID string) map[string][]string {
 	return sec.versionIDsToStages()
 }
 
+func (s *Server) defaultLambdaARN() string {
+	return "arn:" + s.partition + ":lambda:" + s.region + ":" + s.account + ":function:smtest-rotation"
+}
+
 func (sec *secret) versionIDsToStages() map[string][]string {
 	m := make(map[string][]string)
 	for label, id := range sec.labels {
@@ -616,9 +659,11 @@ func (sec *secret) versionIDsToStages() map[string][]string {
 
 // SetRotation configures what DescribeSecret reports about rotation:
 // RotationEnabled, RotationRules.AutomaticallyAfterDays (omitted if
-// everyDays <= 0), RotationLambdaARN, LastRotatedDate (omitted if
-// lastRotated is zero) and NextRotationDate (lastRotated, or the creation
-// date, plus everyDays, when enabled). No rotation is ever run.
+// everyDays <= 0), RotationLambdaARN (a made-up function unless RotateSecret
+// named one), LastRotatedDate (omitted if lastRotated is zero or rotation is
+// disabled, as AWS does) and NextRotationDate (lastRotated, or the creation
+// date, plus everyDays, when enabled). No rotation is run; see
+// [Server.OnRotate] for that.
 func (s *Server) SetRotation(secretID string, enabled bool, everyDays int, lastRotated time.Time) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -630,6 +675,10 @@ func (s *Server) SetRotation(secretID string, enabled bool, everyDays int, lastR
 	sec.rotEnabled = enabled
 	sec.rotDays = everyDays
 	sec.rotSchedule = ""
+	sec.rotDuration = ""
+	if sec.rotLambda == "" {
+		sec.rotLambda = s.defaultLambdaARN()
+	}
 	sec.rotLast = time.Time{}
 	if !lastRotated.IsZero() {
 		sec.rotLast = time.UnixMilli(lastRotated.UnixMilli()).UTC()
@@ -654,6 +703,9 @@ func (s *Server) SetRotationSchedule(secretID, expression string) error {
 	sec.rotEnabled = true
 	sec.rotDays = 0
 	sec.rotSchedule = expression
+	if sec.rotLambda == "" {
+		sec.rotLambda = s.defaultLambdaARN()
+	}
 	sec.changed = s.timestamp()
 	return nil
 }
@@ -674,6 +726,7 @@ func (s *Server) DeleteSecret(secretID string, force bool) error {
 	if !force {
 		if sec.deleted.IsZero() {
 			sec.deleted = s.timestamp()
+			sec.deletionDate = sec.deleted.Add(defaultRecoveryDays * 24 * time.Hour)
 		}
 		return nil
 	}
@@ -692,6 +745,7 @@ func (s *Server) RestoreSecret(secretID string) error {
 		return err
 	}
 	sec.deleted = time.Time{}
+	sec.deletionDate = time.Time{}
 	return nil
 }
 
