@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
+	"github.com/aws/aws-sdk-go-v2/service/secretsmanager/types"
 )
 
 // Status is what Check found about one secret's rotation.
@@ -89,4 +91,28 @@ func (r *Rotator) Check(ctx context.Context, secretID string, now time.Time) Sta
 		}
 	}
 	return st
+}
+
+// Lister is the part of *secretsmanager.Client that CheckPrefix uses.
+type Lister interface {
+	ListSecrets(ctx context.Context, in *secretsmanager.ListSecretsInput, optFns ...func(*secretsmanager.Options)) (*secretsmanager.ListSecretsOutput, error)
+}
+
+// CheckPrefix runs Check on every secret whose name starts with prefix.
+func (r *Rotator) CheckPrefix(ctx context.Context, l Lister, prefix string, now time.Time) ([]Status, error) {
+	var out []Status
+	in := &secretsmanager.ListSecretsInput{Filters: []types.Filter{{Key: types.FilterNameStringTypeName, Values: []string{prefix}}}}
+	for {
+		page, err := l.ListSecrets(ctx, in)
+		if err != nil {
+			return out, fmt.Errorf("rotate: listing secrets named %s…: %w", prefix, err)
+		}
+		for _, s := range page.SecretList {
+			out = append(out, r.Check(ctx, aws.ToString(s.ARN), now))
+		}
+		if page.NextToken == nil {
+			return out, nil
+		}
+		in.NextToken = page.NextToken
+	}
 }

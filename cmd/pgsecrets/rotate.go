@@ -203,9 +203,10 @@ func (p *printer) done(err error, ok func() string) int {
 	return code
 }
 
-const monitorHelp = `Usage: pgsecrets monitor [--json] [--probe SQL]... [--dsn PARAMS] ID...
+const monitorHelp = `Usage: pgsecrets monitor [--json] [--probe SQL]... [--dsn PARAMS] [--prefix P] [ID...]
 
-Looks at the rotation of each secret (names or ARNs): rotation enabled, last
+Looks at the rotation of each secret (names or ARNs, and every secret whose
+name starts with --prefix): rotation enabled, last
 rotated, next due, overdue by, an AWSPENDING left on a version other than
 AWSCURRENT (a failed or stuck rotation), whether AWSCURRENT logs in, and
 testSecret's privilege check and probes with it. For alerting: exit status 0
@@ -222,12 +223,14 @@ func runMonitor(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	fs.StringVar(&dsn, "dsn", "", "")
 	fs.BoolVar(&asJSON, "json", false, "")
 	fs.Var(&probes, "probe", "")
+	var prefix string
+	fs.StringVar(&prefix, "prefix", "", "")
 	ids, code, ok := parseFlags(fs, args, stdout, stderr, monitorHelp)
 	if !ok {
 		return code
 	}
-	if len(ids) == 0 {
-		return usageError(stderr, "monitor", "name at least one secret")
+	if len(ids) == 0 && prefix == "" {
+		return usageError(stderr, "monitor", "name at least one secret, or --prefix")
 	}
 	client, err := smClient(ctx)
 	if err != nil {
@@ -236,10 +239,20 @@ func runMonitor(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	}
 	r := rotate.New(client, rotate.Options{ConnParams: dsn, Probes: probes, Logger: slog.New(slog.DiscardHandler)})
 	var all []rotate.Status
-	unhealthy := 0
 	for _, id := range ids {
-		s := r.Check(ctx, id, time.Now())
-		all = append(all, s)
+		all = append(all, r.Check(ctx, id, time.Now()))
+	}
+	if prefix != "" {
+		more, err := r.CheckPrefix(ctx, client, prefix, time.Now())
+		if err != nil {
+			fmt.Fprintf(stderr, "pgsecrets monitor: %v\n", err)
+			return exitFail
+		}
+		all = append(all, more...)
+	}
+	unhealthy := 0
+	for _, s := range all {
+		id := s.SecretID
 		if !s.Healthy() {
 			unhealthy++
 		}

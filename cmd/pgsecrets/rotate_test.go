@@ -162,3 +162,21 @@ func TestRotateDryRun(t *testing.T) {
 		t.Errorf("no secret id: exit %d, %s", res.code, res.stderr)
 	}
 }
+
+// monitor --prefix finds the secrets by name.
+func TestMonitorPrefix(t *testing.T) {
+	r := newCheckRig(t)
+	r.rotSecret(t)
+	r.sm.CreateSecret("other/x", `{"username":"x","password":"y"}`)
+	res := runCmd("monitor", "--json", "--dsn", r.dsnFlag(), "--prefix", "test/")
+	var rep struct {
+		OK      bool
+		Secrets []rotate.Status
+	}
+	if err := json.Unmarshal([]byte(res.stdout), &rep); err != nil {
+		t.Fatal(err, res)
+	}
+	if len(rep.Secrets) != 1 || !strings.Contains(rep.Secrets[0].SecretID, r.secretID) || !rep.Secrets[0].CurrentLogsIn || rep.OK || res.code != 1 {
+		t.Errorf("monitor --prefix: exit %d, %+v", res.code, rep)
+	}
+}
