@@ -1,0 +1,98 @@
+package rotate_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/pgsecrets/pgsecrets/rotate"
+)
+
+// After a finished rotation the database got the old password back (a
+// restore from backup, a hand edit): AWSPREVIOUS works, AWSCURRENT does
+// not; rollback makes AWSPREVIOUS current again.
+func TestRollbackRestoresPrevious(t *testing.T) {
+	w := newWorld(t, nil)
+	ctx := context.Background()
+	_, old := w.stage(rotate.StageCurrent)
+	r := w.rotator(rotate.Options{})
+	if _, _, err := r.Rotate(ctx, w.secretID); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.pg.SetPassword(ctx, w.user, old["password"].(string)); err != nil {
+		t.Fatal(err)
+	}
+	prevID, _ := w.stage(rotate.StagePrevious)
+	dry, err := r.Rollback(ctx, w.secretID, true)
+	if err != nil || !strings.Contains(dry.Action, "AWSPREVIOUS") {
+		t.Fatalf("dry run: %+v, %v", dry, err)
+	}
+	if id, _ := w.stage(rotate.StageCurrent); id == prevID {
+		t.Fatal("the dry run moved AWSCURRENT")
+	}
+	res, err := r.Rollback(ctx, w.secretID, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id, v := w.stage(rotate.StageCurrent); id != prevID || w.login(v) != nil {
+		t.Errorf("after rollback AWSCURRENT is %s (%s)", id, res.Action)
+	}
+}
+
+// Nothing logs in, but the admin (masterarn) can set AWSPREVIOUS's
+// password back.
+func TestRollbackSetsPreviousBack(t *testing.T) {
+	w := newWorld(t, nil)
+	ctx := context.Background()
+	adminARN := w.admin()
+	_, cur := w.stage(rotate.StageCurrent)
+	cur["masterarn"] = adminARN
+	b, _ := json.Marshal(cur)
+	if _, err := w.sm.PutSecretValue(w.secretID, string(b)); err != nil {
+		t.Fatal(err)
+	}
+	r := w.rotator(rotate.Options{})
+	if _, _, err := r.Rotate(ctx, w.secretID); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.pg.SetPassword(ctx, w.user, randomPassword()); err != nil { // neither version works now
+		t.Fatal(err)
+	}
+	prevID, _ := w.stage(rotate.StagePrevious)
+	res, err := r.Rollback(ctx, w.secretID, false)
+	if err != nil || !strings.Contains(res.Action, "set the password") {
+		t.Fatalf("rollback: %+v, %v", res, err)
+	}
+	if id, v := w.stage(rotate.StageCurrent); id != prevID || w.login(v) != nil {
+		t.Errorf("after rollback AWSCURRENT is %s", id)
+	}
+}
+
+// Nothing logs in and nothing can set a password back: refuse, saying why,
+// and change nothing.
+func TestRollbackRefuses(t *testing.T) {
+	w := newWorld(t, nil)
+	ctx := context.Background()
+	r := w.rotator(rotate.Options{})
+	if _, _, err := r.Rotate(ctx, w.secretID); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.pg.SetPassword(ctx, w.user, randomPassword()); err != nil {
+		t.Fatal(err)
+	}
+	before := w.sm.Stages(w.secretID)
+	res, err := r.Rollback(ctx, w.secretID, false)
+	if !errors.Is(err, rotate.ErrRollbackRefused) || res.Action != "" || !strings.Contains(err.Error(), "masterarn") {
+		t.Fatalf("rollback: %+v, %v", res, err)
+	}
+	for _, l := range res.Logins {
+		if l.Present && (l.OK || !strings.Contains(l.Error, "28P01")) {
+			t.Errorf("login %+v", l)
+		}
+	}
+	if after := w.sm.Stages(w.secretID); len(after) != len(before) {
+		t.Errorf("stages changed: %v -> %v", before, after)
+	}
+}
