@@ -22,12 +22,13 @@ import (
 // It is safe for concurrent use. Close (which database/sql calls from
 // DB.Close) stops its background work.
 type Connector struct {
-	cfg   *Config
-	base  pq.Config // the DSN as lib/pq parsed it, never holding a password
-	log   *slog.Logger
-	entry *entry
-	guard *guard
-	pol   policy
+	cfg    *Config
+	base   pq.Config // the DSN as lib/pq parsed it, never holding a password
+	log    *slog.Logger
+	engine Engine
+	entry  *entry
+	guard  *guard
+	pol    policy
 
 	hostSet, portSet, dbSet bool
 
@@ -67,6 +68,14 @@ func NewConnector(dsn string, opts ...Option) (*Connector, error) {
 		portSet: cfg.has("port", "PGPORT", os.Getenv),
 		dbSet:   cfg.has("dbname", "PGDATABASE", os.Getenv),
 	}
+	ef, ok := lookupEngine(cfg.Driver)
+	if !ok {
+		return nil, unknownEngineError(cfg.Driver)
+	}
+	if c.engine, err = ef(EngineConfig{DSN: cfg.pqDSN(os.Getenv), HostSet: c.hostSet, PortSet: c.portSet, DBNameSet: c.dbSet}); err != nil {
+		return nil, err
+	}
+
 	provider, identity := o.provider, ""
 	switch {
 	case provider != nil:
@@ -313,29 +322,14 @@ func (c *Connector) firstLogin(ctx context.Context, creds *Credentials) (driver.
 // recovery found are rejected again at once.
 const maxRecoveries = 3
 
-// dial logs in with creds on a clone of the DSN's configuration.
+// dial logs in with creds through the engine; connections made with
+// expiring credentials are wrapped (lease.go).
 func (c *Connector) dial(ctx context.Context, creds *Credentials) (driver.Conn, error) {
-	cfg := c.base.Clone()
-	cfg.User = creds.Username
-	cfg.Password = creds.Password.Reveal()
-	if !c.hostSet && creds.Host != "" {
-		cfg.Host = creds.Host
-	}
-	if !c.portSet && creds.Port != 0 {
-		cfg.Port = creds.Port
-	}
-	if !c.dbSet && creds.DBName != "" {
-		cfg.Database = creds.DBName
-	}
-	pc, err := pq.NewConnectorConfig(cfg)
-	if err != nil {
-		return nil, err
-	}
 	var l *lease
 	if creds.expiring() {
 		l = c.entry.leases.open(creds, c.pol)
 	}
-	conn, err := pc.Connect(ctx)
+	conn, err := c.engine.Connect(ctx, creds)
 	if l != nil {
 		if err != nil {
 			c.entry.leases.failed(l)

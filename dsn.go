@@ -25,11 +25,12 @@ const (
 	keyPasswordKey  = "secret_password_key"
 	keyProvider     = "secret_provider"
 	keyExpiryMargin = "secret_expiry_margin"
+	keyDriver       = "secret_driver"
 )
 
 var secretKeys = []string{
 	keySecretID, keyProvider, keyRegion, keyEndpoint, keyVersionStage, keyTTL,
-	keyMaxStale, keyRetryWindow, keyUsernameKey, keyPasswordKey, keyExpiryMargin,
+	keyMaxStale, keyRetryWindow, keyUsernameKey, keyPasswordKey, keyExpiryMargin, keyDriver,
 }
 
 // Defaults for the secret_* keys.
@@ -60,6 +61,9 @@ type Config struct {
 	SecretID string
 	// Provider is the secret store (secret_provider, default awssm).
 	Provider string
+	// Driver is the engine that logs in (secret_driver, default pq; pgx
+	// with github.com/pgsecrets/pgsecrets/pgxsecrets imported).
+	Driver string
 	// ExpiryMargin is how long before expiring credentials end they stop
 	// being given to new connections and their connections are closed
 	// (secret_expiry_margin); zero means a tenth of the credential's life,
@@ -138,6 +142,7 @@ func ParseDSN(dsn string) (*Config, error) {
 		UsernameKey:  "username",
 		PasswordKey:  "password",
 		Provider:     DefaultProvider,
+		Driver:       DefaultEngine,
 		set:          map[string]bool{},
 	}
 	var extra []Param // secret_* keys that are not the core's
@@ -214,6 +219,9 @@ func (c *Config) setSecretKey(k, v string) error {
 	case keyProvider:
 		err = nonEmpty()
 		c.Provider = v
+	case keyDriver:
+		err = nonEmpty()
+		c.Driver = v
 	case keyExpiryMargin:
 		c.ExpiryMargin, err = dur()
 	case keyRegion:
@@ -301,6 +309,7 @@ func (c *Config) FormatDSN() string {
 	}
 	add(keySecretID, c.SecretID, false)
 	add(keyProvider, c.Provider, c.Provider == DefaultProvider)
+	add(keyDriver, c.Driver, c.Driver == DefaultEngine)
 	add(keyRegion, c.Region, c.Region == "" || c.Region == arnRegion(c.SecretID))
 	add(keyEndpoint, c.Endpoint, c.Endpoint == "")
 	add(keyVersionStage, c.VersionStage, c.VersionStage == DefaultVersionStage)

@@ -91,3 +91,16 @@ func TestRegisterProviderPanics(t *testing.T) {
 		}()
 	}
 }
+
+func TestEngineDSNErrors(t *testing.T) {
+	_, err := NewConnector("secret_id=x secret_driver=pgx secret_endpoint=http://127.0.0.1:1 secret_region=us-east-1")
+	var de *DSNError
+	if !errors.As(err, &de) || de.Key != keyDriver || !strings.Contains(err.Error(), `import _ "github.com/pgsecrets/pgsecrets/pgxsecrets"`) ||
+		!strings.Contains(err.Error(), "registered: pq") {
+		t.Errorf("secret_driver=pgx without the import: %v", err)
+	}
+	cfg, err := ParseDSN("secret_id=x secret_driver=pgx")
+	if err != nil || cfg.Driver != "pgx" || !strings.Contains(cfg.FormatDSN(), "secret_driver=pgx") {
+		t.Errorf("ParseDSN: %+v, %v", cfg, err)
+	}
+}
