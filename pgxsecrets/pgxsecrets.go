@@ -1,0 +1,286 @@
+// Package pgxsecrets gives pgx users what pgsecrets gives lib/pq users:
+// credentials from a secret store (the same shared cache as a lib/pq
+// *sql.DB on the same secret in the same process), recovery inside the call
+// that needed a connection, AWSPENDING, the breaker, fail-fast errors, and
+// leases that never outlive their connections.
+//
+// Two ways in:
+//
+//   - NewPool (or ParseConfig for the *pgxpool.Config): a pgx pool whose
+//     every new connection logs in with the secret's credentials.
+//   - database/sql over pgx: with this package imported, secret_driver=pgx
+//     in a "pgsecrets" DSN makes database/sql, GORM and sqlx log in
+//     through pgx's stdlib instead of lib/pq.
+//
+// Why NewPool returns a *Pool and not a *pgxpool.Pool: pgx's hooks let a
+// program set the credentials of a new connection (BeforeConnect), but a
+// login the database rejects comes back from the Acquire (or Query, Exec…)
+// that needed the connection, with no hook to try again. A plain
+// *pgxpool.Pool would therefore fail one call per rejected login during a
+// rotation. *Pool has the *pgxpool.Pool methods (it satisfies sqlc's DBTX)
+// and, when a call fails because a new connection's login was rejected,
+// runs pgsecrets' recovery and makes the call again: nothing had been sent
+// to the database yet. Pool() returns the underlying pool.
+package pgxsecrets
+
+import (
+	"context"
+	"database/sql/driver"
+	"reflect"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5/stdlib"
+
+	"github.com/pgsecrets/pgsecrets"
+)
+
+func init() {
+	pgsecrets.RegisterEngine("pgx", newStdlibEngine)
+}
+
+// stdlibEngine logs in with pgx for database/sql (secret_driver=pgx).
+type stdlibEngine struct {
+	base *pgx.ConnConfig
+	cfg  pgsecrets.EngineConfig
+}
+
+func newStdlibEngine(cfg pgsecrets.EngineConfig) (pgsecrets.Engine, error) {
+	base, err := pgx.ParseConfig(cfg.DSN)
+	if err != nil {
+		return nil, &pgsecrets.DSNError{Msg: "pgx rejected the DSN", Err: err}
+	}
+	base.Password = ""
+	return &stdlibEngine{base: base, cfg: cfg}, nil
+}
+
+func (e *stdlibEngine) Connect(ctx context.Context, creds *pgsecrets.Credentials) (driver.Conn, error) {
+	cc := e.base.Copy()
+	setCreds(cc, e.cfg, creds)
+	return stdlib.GetConnector(*cc).Connect(ctx)
+}
+
+// setCreds puts creds into a pgx connection configuration.
+func setCreds(cc *pgx.ConnConfig, ec pgsecrets.EngineConfig, creds *pgsecrets.Credentials) {
+	cc.User = creds.Username
+	cc.Password = creds.Password.Reveal()
+	host, port, db := ec.Apply(creds, cc.Host, cc.Port, cc.Database)
+	if host != cc.Host || port != cc.Port {
+		cc.Fallbacks = nil // the secret names the one server
+	}
+	cc.Host, cc.Port, cc.Database = host, port, db
+	for _, fb := range cc.Fallbacks {
+		if !ec.PortSet && creds.Port != 0 {
+			fb.Port = creds.Port
+		}
+	}
+}
+
+// poolKeys are pgxpool's own DSN keys, which the connector must not see.
+func isPoolKey(k string) bool { return strings.HasPrefix(k, "pool_") }
+
+// ParseConfig parses a pgsecrets DSN (both forms, every secret_* key, every
+// provider, pgx's pool_* keys) into a pool configuration whose connections
+// log in with the secret's credentials. The configuration belongs to one
+// pool: use it once, with NewPoolWithConfig. opts are the connector's
+// (WithLogger, WithProvider…).
+func ParseConfig(dsn string, opts ...pgsecrets.Option) (*Config, error) {
+	cfg, err := pgsecrets.ParseDSN(dsn)
+	if err != nil {
+		return nil, err
+	}
+	var pool []string
+	var conn []pgsecrets.Param
+	for _, p := range cfg.Params {
+		if isPoolKey(p.Key) {
+			pool = append(pool, p.Key+"="+quote(p.Value))
+		} else {
+			conn = append(conn, p)
+		}
+	}
+	// The connector sees the DSN without pool_* keys; it logs in with pgx
+	// too (its recovery probes), so errors look the same.
+	cfg.Params = conn
+	cfg.Driver = "pgx"
+	connector, err := pgsecrets.NewConnector(cfg.FormatDSN(), opts...)
+	if err != nil {
+		return nil, err
+	}
+	ec := connector.EngineConfig()
+	pc, err := pgxpool.ParseConfig(strings.Join(append([]string{ec.DSN}, pool...), " "))
+	if err != nil {
+		connector.Close()
+		return nil, &pgsecrets.DSNError{Msg: "pgx rejected the DSN", Err: err}
+	}
+	pc.ConnConfig.Password = ""
+	c := &Config{Config: pc, connector: connector, engine: ec}
+	c.install()
+	return c, nil
+}
+
+// Config is a *pgxpool.Config whose connections log in with a secret's
+// credentials. Set other hooks and pool settings on it as usual before
+// NewPoolWithConfig; the credential hooks call the ones you set.
+type Config struct {
+	*pgxpool.Config
+	connector *pgsecrets.Connector
+	engine    pgsecrets.EngineConfig
+	own       hooks // pgsecrets' hooks, as installed
+	userHooks hooks // the user's, run after them
+}
+
+type hooks struct {
+	beforeConnect func(context.Context, *pgx.ConnConfig) error
+	afterConnect  func(context.Context, *pgx.Conn) error
+	prepareConn   func(context.Context, *pgx.Conn) (bool, error)
+	afterRelease  func(*pgx.Conn) bool
+	beforeClose   func(*pgx.Conn)
+}
+
+// Connector is the pgsecrets connector behind the pool: Stats, Refresh,
+// Describe.
+func (c *Config) Connector() *pgsecrets.Connector { return c.connector }
+
+// attempt carries, through the ctx of an Acquire, the credentials the
+// BeforeConnect of a new connection used, so that a rejected login is
+// recovered from for those credentials.
+type attempt struct{ creds *pgsecrets.Credentials }
+
+type attemptKey struct{}
+
+// connData keys the pgx connection's custom data.
+const (
+	keyCreds   = "pgsecrets.credentials"
+	keyRelease = "pgsecrets.release"
+	keyRetire  = "pgsecrets.retire"
+)
+
+func (c *Config) install() {
+	c.BeforeConnect = func(ctx context.Context, cc *pgx.ConnConfig) error {
+		creds, err := c.connector.Credentials(ctx)
+		if err != nil {
+			return err
+		}
+		if a, ok := ctx.Value(attemptKey{}).(*attempt); ok {
+			a.creds = creds
+		}
+		setCreds(cc, c.engine, creds)
+		if c.userHooks.beforeConnect != nil {
+			return c.userHooks.beforeConnect(ctx, cc)
+		}
+		return nil
+	}
+	c.AfterConnect = func(ctx context.Context, conn *pgx.Conn) error {
+		var creds *pgsecrets.Credentials
+		if a, ok := ctx.Value(attemptKey{}).(*attempt); ok && a.creds != nil {
+			creds = a.creds
+		} else if cur, err := c.connector.Credentials(ctx); err == nil && cur.Username == conn.Config().User {
+			creds = cur
+		}
+		if creds != nil {
+			c.connector.LoggedIn(creds)
+			release, retire := c.connector.Hold(creds)
+			d := conn.PgConn().CustomData()
+			d[keyCreds], d[keyRelease], d[keyRetire] = creds, release, retire
+		}
+		if c.userHooks.afterConnect != nil {
+			return c.userHooks.afterConnect(ctx, conn)
+		}
+		return nil
+	}
+	c.PrepareConn = func(ctx context.Context, conn *pgx.Conn) (bool, error) {
+		if expired(conn) {
+			return false, nil // destroyed; the pool makes another
+		}
+		if c.userHooks.prepareConn != nil {
+			return c.userHooks.prepareConn(ctx, conn)
+		}
+		return true, nil
+	}
+	c.AfterRelease = func(conn *pgx.Conn) bool {
+		if expired(conn) {
+			return false
+		}
+		if c.userHooks.afterRelease != nil {
+			return c.userHooks.afterRelease(conn)
+		}
+		return true
+	}
+	c.BeforeClose = func(conn *pgx.Conn) {
+		if release, ok := conn.PgConn().CustomData()[keyRelease].(func()); ok {
+			release()
+		}
+		if c.userHooks.beforeClose != nil {
+			c.userHooks.beforeClose(conn)
+		}
+	}
+	c.own = hooks{c.BeforeConnect, c.AfterConnect, c.PrepareConn, c.AfterRelease, c.BeforeClose}
+}
+
+// expired reports whether the credentials conn logged in with are within
+// the expiry margin of their end.
+func expired(conn *pgx.Conn) bool {
+	retire, ok := conn.PgConn().CustomData()[keyRetire].(func() time.Time)
+	if !ok {
+		return false
+	}
+	at := retire()
+	return !at.IsZero() && !time.Now().Before(at)
+}
+
+// NewPool is ParseConfig and NewPoolWithConfig.
+func NewPool(ctx context.Context, dsn string, opts ...pgsecrets.Option) (*Pool, error) {
+	cfg, err := ParseConfig(dsn, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return NewPoolWithConfig(ctx, cfg)
+}
+
+// NewPoolWithConfig creates a pool from cfg. Hooks set on cfg after
+// ParseConfig run after pgsecrets' own.
+func NewPoolWithConfig(ctx context.Context, cfg *Config) (*Pool, error) {
+	cfg.adoptUserHooks()
+	p, err := pgxpool.NewWithConfig(ctx, cfg.Config)
+	if err != nil {
+		cfg.connector.Close()
+		return nil, err
+	}
+	return &Pool{pool: p, connector: cfg.connector}, nil
+}
+
+// adoptUserHooks keeps hooks the user set on the configuration after
+// ParseConfig (over pgsecrets' own) and chains them after pgsecrets'.
+func (c *Config) adoptUserHooks() {
+	if f := c.BeforeConnect; f != nil && ptr(f) != ptr(c.own.beforeConnect) {
+		c.userHooks.beforeConnect = f
+	}
+	if f := c.AfterConnect; f != nil && ptr(f) != ptr(c.own.afterConnect) {
+		c.userHooks.afterConnect = f
+	}
+	if f := c.PrepareConn; f != nil && ptr(f) != ptr(c.own.prepareConn) {
+		c.userHooks.prepareConn = f
+	}
+	if f := c.AfterRelease; f != nil && ptr(f) != ptr(c.own.afterRelease) {
+		c.userHooks.afterRelease = f
+	}
+	if f := c.BeforeClose; f != nil && ptr(f) != ptr(c.own.beforeClose) {
+		c.userHooks.beforeClose = f
+	}
+	c.BeforeConnect, c.AfterConnect, c.PrepareConn = c.own.beforeConnect, c.own.afterConnect, c.own.prepareConn
+	c.AfterRelease, c.BeforeClose = c.own.afterRelease, c.own.beforeClose
+}
+
+// ptr is a function's code address: closures of one literal share it,
+// the user's differ.
+func ptr(f any) uintptr { return reflect.ValueOf(f).Pointer() }
+
+// quote quotes a DSN value as libpq does.
+func quote(v string) string {
+	if v != "" && !strings.ContainsAny(v, ` '\`) {
+		return v
+	}
+	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(v) + "'"
+}

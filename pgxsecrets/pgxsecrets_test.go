@@ -1,0 +1,361 @@
+package pgxsecrets_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgsecrets/pgsecrets"
+	"github.com/pgsecrets/pgsecrets/internal/testdb"
+	"github.com/pgsecrets/pgsecrets/pgxsecrets"
+	"github.com/pgsecrets/pgsecrets/smtest"
+)
+
+func TestMain(m *testing.M) {
+	restore := smtest.IsolateEnv()
+	code := testdb.RunMain(m, testdb.Options{})
+	restore()
+	os.Exit(code)
+}
+
+var seq atomic.Int64
+
+// rig is a role with a random password and its secret in a Secrets
+// Manager of the test's own.
+type rig struct {
+	t        testing.TB
+	pg       *testdb.Cluster
+	sm       *smtest.Server
+	role     string
+	password string
+	secretID string
+	logs     *syncBuffer
+	logger   *slog.Logger
+	seen     []string
+}
+
+func newRig(t testing.TB) *rig {
+	t.Helper()
+	r := &rig{t: t, pg: testdb.Shared(t), sm: smtest.Start(t), logs: &syncBuffer{}}
+	r.logger = slog.New(slog.NewTextHandler(r.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	r.role = fmt.Sprintf("pgx_%d_%d", os.Getpid(), seq.Add(1))
+	r.password = randomPassword()
+	r.seen = append(r.seen, r.password)
+	if err := r.pg.CreateRole(context.Background(), r.role, r.password); err != nil {
+		t.Fatal(err)
+	}
+	r.secretID = "test/" + r.role
+	r.sm.CreateSecret(r.secretID, secretJSON(r.role, r.password))
+	t.Cleanup(func() {
+		for _, pw := range r.seen {
+			if strings.Contains(r.logs.String(), pw) {
+				t.Error("a log line contains a password")
+			}
+		}
+	})
+	return r
+}
+
+func secretJSON(user, pw string) string {
+	b, _ := json.Marshal(map[string]any{"username": user, "password": pw, "engine": "postgres"})
+	return string(b)
+}
+
+func randomPassword() string {
+	b := make([]byte, 12)
+	_, _ = rand.Read(b)
+	return "pw-" + hex.EncodeToString(b)
+}
+
+// dsn is a key=value DSN for the shared cluster over verified TLS.
+func (r *rig) dsn(extra string) string {
+	return fmt.Sprintf("host=%s port=%d dbname=postgres sslmode=verify-full sslrootcert=%s secret_id=%s secret_endpoint=%s secret_ttl=1h %s",
+		r.pg.Host(), r.pg.Port(), r.pg.CAFile(), r.secretID, r.sm.URL(), extra)
+}
+
+func (r *rig) pool(extra string) *pgxsecrets.Pool {
+	r.t.Helper()
+	p, err := pgxsecrets.NewPool(context.Background(), r.dsn(extra), pgsecrets.WithLogger(r.logger))
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	r.t.Cleanup(p.Close)
+	return p
+}
+
+func (r *rig) sqlDB(extra string) *sql.DB {
+	r.t.Helper()
+	c, err := pgsecrets.NewConnector(r.dsn(extra), pgsecrets.WithLogger(r.logger))
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	db := sql.OpenDB(c)
+	r.t.Cleanup(func() { db.Close() })
+	return db
+}
+
+// The standard load: 16 workers of SELECT 1, connections living 250 ms.
+const poolLoad = "pool_max_conns=16 pool_max_conn_lifetime=250ms pool_max_conn_lifetime_jitter=50ms"
+
+type load struct {
+	ok, failed atomic.Int64
+	mu         sync.Mutex
+	errs       []string
+	stop       chan struct{}
+	wg         sync.WaitGroup
+}
+
+func startLoad(t *testing.T, query func(ctx context.Context) error) *load {
+	l := &load{stop: make(chan struct{})}
+	for i := 0; i < 16; i++ {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			for {
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				if err := query(context.Background()); err != nil {
+					l.failed.Add(1)
+					l.mu.Lock()
+					if len(l.errs) < 5 {
+						l.errs = append(l.errs, err.Error())
+					}
+					l.mu.Unlock()
+					continue
+				}
+				l.ok.Add(1)
+			}
+		}()
+	}
+	t.Cleanup(l.halt)
+	l.waitQueries(t, 100)
+	return l
+}
+
+func (l *load) waitQueries(t *testing.T, n int64) {
+	t.Helper()
+	target := l.ok.Load() + n
+	deadline := time.Now().Add(time.Minute)
+	for l.ok.Load() < target {
+		if time.Now().After(deadline) {
+			l.mu.Lock()
+			defer l.mu.Unlock()
+			t.Fatalf("no progress: %s", strings.Join(l.errs, "\n"))
+		}
+		time.Sleep(5 * time.Millisecond) // polling a counter
+	}
+}
+
+func (l *load) halt() {
+	select {
+	case <-l.stop:
+	default:
+		close(l.stop)
+	}
+	l.wg.Wait()
+}
+
+func (l *load) assertNoFailures(t *testing.T) {
+	t.Helper()
+	l.halt()
+	if f := l.failed.Load(); f != 0 {
+		t.Errorf("%d failed queries of %d:\n%s", f, f+l.ok.Load(), strings.Join(l.errs, "\n"))
+	}
+}
+
+// rotations under test, each run against a load.
+func (r *rig) fourStep(t *testing.T) {
+	pw := randomPassword()
+	r.seen = append(r.seen, pw)
+	pending, err := r.sm.PutSecretValue(r.secretID, secretJSON(r.role, pw), "AWSPENDING")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.pg.SetPassword(context.Background(), r.role, pw); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second) // AWSCURRENT lags behind, as between setSecret and finishSecret
+	if err := r.sm.FinishRotation(r.secretID, pending); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (r *rig) wrongOrder(t *testing.T) {
+	pw := randomPassword()
+	r.seen = append(r.seen, pw)
+	if err := r.pg.SetPassword(context.Background(), r.role, pw); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second) // the store is updated a second later
+	if _, err := r.sm.PutSecretValue(r.secretID, secretJSON(r.role, pw)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (r *rig) alternating(t *testing.T) {
+	other := r.role + "_b"
+	pw := randomPassword()
+	r.seen = append(r.seen, pw)
+	if err := r.pg.CreateRole(context.Background(), other, pw); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.pg.DropRole(context.Background(), other) })
+	if _, err := r.sm.PutSecretValue(r.secretID, secretJSON(other, pw)); err != nil {
+		t.Fatal(err)
+	}
+	// The old user's password changes later, as in the next rotation.
+	if err := r.pg.SetPassword(context.Background(), r.role, randomPassword()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRotationsThroughPool(t *testing.T) {
+	for name, rotate := range map[string]func(*rig, *testing.T){
+		"four-step": (*rig).fourStep, "wrong-order": (*rig).wrongOrder, "alternating": (*rig).alternating,
+	} {
+		t.Run(name, func(t *testing.T) {
+			r := newRig(t)
+			p := r.pool(poolLoad)
+			l := startLoad(t, func(ctx context.Context) error {
+				var one int
+				return p.QueryRow(ctx, "SELECT 1").Scan(&one)
+			})
+			rotate(r, t)
+			l.waitQueries(t, 500)
+			l.assertNoFailures(t)
+			st := p.Connector().Stats()
+			if st.AuthFailures == 0 {
+				t.Error("no login was rejected: the rotation was not exercised")
+			}
+			t.Logf("%d queries; %s", l.ok.Load(), st)
+		})
+	}
+}
+
+func TestRotationsThroughSQLOverPgx(t *testing.T) {
+	for name, rotate := range map[string]func(*rig, *testing.T){
+		"four-step": (*rig).fourStep, "wrong-order": (*rig).wrongOrder, "alternating": (*rig).alternating,
+	} {
+		t.Run(name, func(t *testing.T) {
+			r := newRig(t)
+			db := r.sqlDB("secret_driver=pgx")
+			db.SetConnMaxLifetime(250 * time.Millisecond)
+			db.SetMaxIdleConns(4)
+			l := startLoad(t, func(ctx context.Context) error {
+				var one int
+				return db.QueryRowContext(ctx, "SELECT 1").Scan(&one)
+			})
+			rotate(r, t)
+			l.waitQueries(t, 500)
+			l.assertNoFailures(t)
+		})
+	}
+}
+
+// database/sql connections are pgx's when secret_driver=pgx.
+func TestSQLOverPgxConn(t *testing.T) {
+	r := newRig(t)
+	db := r.sqlDB("secret_driver=pgx")
+	conn, err := db.Conn(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if err := conn.Raw(func(dc any) error {
+		if got := fmt.Sprintf("%T", dc); got != "*stdlib.Conn" {
+			return fmt.Errorf("driver conn is %s, want pgx's *stdlib.Conn", got)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var user string
+	if err := conn.QueryRowContext(context.Background(), "SELECT current_user").Scan(&user); err != nil || user != r.role {
+		t.Fatalf("current_user %q, %v", user, err)
+	}
+}
+
+// A lib/pq *sql.DB and a pgx pool on one secret share one cache: one
+// store call for both.
+func TestPoolSharesCacheWithLibPQ(t *testing.T) {
+	r := newRig(t)
+	db := r.sqlDB("")
+	if err := db.Ping(); err != nil {
+		t.Fatal(err)
+	}
+	p := r.pool("")
+	if err := p.Ping(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if n := r.sm.Calls("GetSecretValue"); n != 1 {
+		t.Errorf("%d store calls for a lib/pq pool and a pgx pool on one secret, want 1", n)
+	}
+	// A refresh through one is seen by the other.
+	if _, err := p.Connector().Refresh(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if n := r.sm.Calls("GetSecretValue"); n != 2 {
+		t.Errorf("%d store calls after one refresh, want 2", n)
+	}
+}
+
+// A wrong secret from the start: the pool's call fails fast with
+// ErrAuthFailed wrapping pgx's *pgconn.PgError, then the breaker answers.
+func TestPoolWrongPasswordFailsFast(t *testing.T) {
+	r := newRig(t)
+	bad := randomPassword()
+	r.seen = append(r.seen, bad)
+	if _, err := r.sm.PutSecretValue(r.secretID, secretJSON(r.role, bad)); err != nil {
+		t.Fatal(err)
+	}
+	p := r.pool("")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	_, err := p.Exec(ctx, "SELECT 1")
+	var pgErr *pgconn.PgError
+	if !errors.Is(err, pgsecrets.ErrAuthFailed) || !errors.As(err, &pgErr) || pgErr.Code != "28P01" || ctx.Err() != nil {
+		t.Fatalf("first call: %v", err)
+	}
+	if _, err := p.Exec(ctx, "SELECT 1"); !errors.Is(err, pgsecrets.ErrCircuitOpen) {
+		t.Errorf("next call: %v, want ErrCircuitOpen", err)
+	}
+	for _, pw := range r.seen {
+		if strings.Contains(err.Error(), pw) {
+			t.Error("the error shows a password")
+		}
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
