@@ -35,6 +35,9 @@ func (c *Connector) Credentials(ctx context.Context) (*Credentials, error) {
 		return nil, err
 	}
 	c.warnAtConnect(creds)
+	if r := c.guard.rejected.Load(); r.covers(creds) && c.guard.cb.State() != gobreaker.StateHalfOpen {
+		return nil, r.err
+	}
 	if f := c.guard.failing.Load(); f != nil && f.creds.same(creds) {
 		if err := c.Recover(ctx, creds, f.err); err != nil {
 			return nil, err

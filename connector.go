@@ -224,7 +224,10 @@ func (c *Connector) connect(ctx context.Context) (driver.Conn, error) {
 		return nil, err
 	}
 	c.warnAtConnect(creds)
-	conn, fail, err := c.firstLogin(ctx, creds)
+	// In the half-open state only the breaker's probe gets here; it must
+	// try the credentials a failed recovery gave up on.
+	probe := c.guard.cb.State() == gobreaker.StateHalfOpen
+	conn, fail, err := c.firstLogin(ctx, creds, probe)
 	if conn != nil || err != nil {
 		return conn, err
 	}
@@ -276,7 +279,7 @@ const maxUnverifiedLogins = 4
 // recovery already knows to be rejected are not tried again; credentials
 // not yet proven are tried by at most maxUnverifiedLogins callers at a
 // time, the others waiting for the outcome.
-func (c *Connector) firstLogin(ctx context.Context, creds *Credentials) (driver.Conn, failure, error) {
+func (c *Connector) firstLogin(ctx context.Context, creds *Credentials, probe bool) (driver.Conn, failure, error) {
 	g := c.guard
 	slot := false
 	defer func() {
@@ -287,6 +290,9 @@ func (c *Connector) firstLogin(ctx context.Context, creds *Credentials) (driver.
 	for {
 		if f := g.failing.Load(); f != nil && f.creds.same(creds) {
 			return nil, *f, nil
+		}
+		if r := g.rejected.Load(); !probe && r.covers(creds) {
+			return nil, failure{}, r.err // the breaker opens on it
 		}
 		if slot || g.verified.Load().same(creds) {
 			break
@@ -303,6 +309,7 @@ func (c *Connector) firstLogin(ctx context.Context, creds *Credentials) (driver.
 	conn, err := c.dial(ctx, creds)
 	if err == nil {
 		g.verified.Store(creds)
+		g.rejected.Store(nil)
 		return conn, failure{}, nil
 	}
 	state, ok := authFailure(err)

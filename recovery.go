@@ -31,6 +31,7 @@ type guard struct {
 	lastReason atomic.Value                // string: the server's message that failed it
 	openedAt   atomic.Int64                // unix nanoseconds: when the breaker last opened
 	failing    atomic.Pointer[failure]     // credentials known rejected, until their recovery ends
+	rejected   atomic.Pointer[rejection]   // what the last failed recovery tried, until a login succeeds
 	progress   atomic.Pointer[progress]    // how the running recovery is going, for callers giving up
 	verified   atomic.Pointer[Credentials] // the last credentials that logged in
 	unverified chan struct{}               // slots for logins with credentials not yet verified
@@ -108,6 +109,26 @@ type progress struct {
 	started  time.Time
 }
 
+// rejection is the outcome of a recovery that found nothing the database
+// accepts: callers arriving between its end and the breaker opening get its
+// error instead of trying the same credentials again.
+type rejection struct {
+	tried []*Credentials
+	err   error
+}
+
+func (r *rejection) covers(c *Credentials) bool {
+	if r == nil {
+		return false
+	}
+	for _, t := range r.tried {
+		if t.same(c) {
+			return true
+		}
+	}
+	return false
+}
+
 // failure is a login the database rejected.
 type failure struct {
 	creds    *Credentials
@@ -144,7 +165,15 @@ func (c *Connector) recover(ctx context.Context, f failure) (*Credentials, drive
 			c.guard.progress.Store(&progress{f: f, started: time.Now()})
 			defer c.guard.progress.Store(nil)
 			defer c.guard.failing.Store(nil)
-			return c.recoverRounds(f, oneRound)
+			r, err := c.recoverRounds(f, oneRound)
+			// Before failing is cleared: no caller may slip between the two.
+			switch {
+			case errors.Is(err, ErrAuthFailed):
+				c.guard.rejected.Store(&rejection{tried: r.tried, err: err})
+			case err == nil:
+				c.guard.rejected.Store(nil)
+			}
+			return r, err
 		})
 		r, _ := v.(recovered)
 		r.err = err
@@ -194,6 +223,7 @@ type recovered struct {
 	creds *Credentials
 	conn  driver.Conn
 	err   error
+	tried []*Credentials // on failure: every credential the database rejected
 }
 
 func (c *Connector) recoverRounds(f failure, oneRound bool) (recovered, error) {
@@ -344,6 +374,6 @@ func (c *Connector) recoverRounds(f failure, oneRound bool) (recovered, error) {
 			detail += "; nothing from this secret has logged in to this database yet, so this is not a rotation in progress and pgsecrets does not wait for one"
 		}
 	}
-	return recovered{}, &SecretError{Kind: ErrAuthFailed, SecretID: c.cfg.SecretID, Stage: failed.Stage,
+	return recovered{tried: tried}, &SecretError{Kind: ErrAuthFailed, SecretID: c.cfg.SecretID, Stage: failed.Stage,
 		VersionID: failed.VersionID, SQLState: state, Err: cause, Detail: detail, Hint: authHint(state)}
 }
