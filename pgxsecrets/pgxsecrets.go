@@ -28,6 +28,7 @@ import (
 	"database/sql/driver"
 	"reflect"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -115,7 +116,7 @@ func ParseConfig(dsn string, opts ...pgsecrets.Option) (*Config, error) {
 		return nil, &pgsecrets.DSNError{Msg: "pgx rejected the DSN", Err: err}
 	}
 	pc.ConnConfig.Password = ""
-	c := &Config{Config: pc, connector: connector, engine: ec}
+	c := &Config{Config: pc, connector: connector, engine: ec, leases: make(chan struct{})}
 	c.install()
 	return c, nil
 }
@@ -129,13 +130,14 @@ type Config struct {
 	engine    pgsecrets.EngineConfig
 	own       hooks // pgsecrets' hooks, as installed
 	userHooks hooks // the user's, run after them
+	leases    chan struct{}
+	leaseOnce sync.Once // closes leases at the first expiring credentials
 }
 
 type hooks struct {
 	beforeConnect func(context.Context, *pgx.ConnConfig) error
 	afterConnect  func(context.Context, *pgx.Conn) error
 	prepareConn   func(context.Context, *pgx.Conn) (bool, error)
-	afterRelease  func(*pgx.Conn) bool
 	beforeClose   func(*pgx.Conn)
 }
 
@@ -180,6 +182,9 @@ func (c *Config) install() {
 			creds = cur
 		}
 		if creds != nil {
+			if !creds.Expires.IsZero() {
+				c.leaseOnce.Do(func() { close(c.leases) })
+			}
 			c.connector.LoggedIn(creds)
 			release, retire := c.connector.Hold(creds)
 			d := conn.PgConn().CustomData()
@@ -199,15 +204,9 @@ func (c *Config) install() {
 		}
 		return true, nil
 	}
-	c.AfterRelease = func(conn *pgx.Conn) bool {
-		if expired(conn) {
-			return false
-		}
-		if c.userHooks.afterRelease != nil {
-			return c.userHooks.afterRelease(conn)
-		}
-		return true
-	}
+	// No AfterRelease: pgxpool runs it in a goroutine per release, which
+	// would cost every query; PrepareConn checks the lease on the way out
+	// of the pool instead.
 	c.BeforeClose = func(conn *pgx.Conn) {
 		if release, ok := conn.PgConn().CustomData()[keyRelease].(func()); ok {
 			release()
@@ -216,7 +215,7 @@ func (c *Config) install() {
 			c.userHooks.beforeClose(conn)
 		}
 	}
-	c.own = hooks{c.BeforeConnect, c.AfterConnect, c.PrepareConn, c.AfterRelease, c.BeforeClose}
+	c.own = hooks{beforeConnect: c.BeforeConnect, afterConnect: c.AfterConnect, prepareConn: c.PrepareConn, beforeClose: c.BeforeClose}
 }
 
 // expired reports whether the credentials conn logged in with are within
@@ -248,7 +247,41 @@ func NewPoolWithConfig(ctx context.Context, cfg *Config) (*Pool, error) {
 		cfg.connector.Close()
 		return nil, err
 	}
-	return &Pool{pool: p, connector: cfg.connector}, nil
+	pool := &Pool{pool: p, connector: cfg.connector, done: make(chan struct{}), swept: make(chan struct{})}
+	go pool.sweep(cfg.leases)
+	return pool, nil
+}
+
+// sweepEvery is how often idle connections are checked against their
+// lease, once the pool has seen expiring credentials: less than the least
+// expiry margin (250 ms), so an idle connection is closed before its lease
+// ends.
+const sweepEvery = 100 * time.Millisecond
+
+// sweep closes idle connections whose lease is about to end (pgxpool's own
+// health check only knows MaxConnLifetime), until the pool closes.
+func (p *Pool) sweep(leases <-chan struct{}) {
+	defer close(p.swept)
+	select {
+	case <-leases:
+	case <-p.done:
+		return
+	}
+	t := time.NewTicker(sweepEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.done:
+			return
+		case <-t.C:
+		}
+		for _, c := range p.pool.AcquireAllIdle(context.Background()) {
+			if expired(c.Conn()) {
+				_ = c.Conn().Close(context.Background()) // Release then destroys it
+			}
+			c.Release()
+		}
+	}
 }
 
 // adoptUserHooks keeps hooks the user set on the configuration after
@@ -263,14 +296,11 @@ func (c *Config) adoptUserHooks() {
 	if f := c.PrepareConn; f != nil && ptr(f) != ptr(c.own.prepareConn) {
 		c.userHooks.prepareConn = f
 	}
-	if f := c.AfterRelease; f != nil && ptr(f) != ptr(c.own.afterRelease) {
-		c.userHooks.afterRelease = f
-	}
 	if f := c.BeforeClose; f != nil && ptr(f) != ptr(c.own.beforeClose) {
 		c.userHooks.beforeClose = f
 	}
 	c.BeforeConnect, c.AfterConnect, c.PrepareConn = c.own.beforeConnect, c.own.afterConnect, c.own.prepareConn
-	c.AfterRelease, c.BeforeClose = c.own.afterRelease, c.own.beforeClose
+	c.BeforeClose = c.own.beforeClose // AfterRelease stays the user's
 }
 
 // ptr is a function's code address: closures of one literal share it,

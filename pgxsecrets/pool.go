@@ -2,6 +2,7 @@ package pgxsecrets
 
 import (
 	"context"
+	"sync"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -19,6 +20,9 @@ const maxRecoveries = 3
 type Pool struct {
 	pool      *pgxpool.Pool
 	connector *pgsecrets.Connector
+	done      chan struct{} // closed by Close
+	swept     chan struct{} // closed when the sweeper has stopped
+	closeOnce sync.Once
 }
 
 // Pool returns the underlying *pgxpool.Pool. Its calls do not recover from
@@ -130,8 +134,12 @@ func (p *Pool) Ping(ctx context.Context) error {
 
 // Close closes the pool and then the connector (revoking its leases).
 func (p *Pool) Close() {
-	p.pool.Close()
-	p.connector.Close()
+	p.closeOnce.Do(func() {
+		close(p.done)
+		<-p.swept
+		p.pool.Close()
+		p.connector.Close()
+	})
 }
 
 // Reset closes every connection (see pgxpool).
