@@ -364,3 +364,34 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// The store down with nothing cached: the pool's calls fail fast with
+// ErrStoreUnavailable naming the secret, and work once the store answers.
+func TestPoolStoreDownCold(t *testing.T) {
+	r := newRig(t)
+	remove := r.sm.Inject("GetSecretValue", smtest.Fault{Kind: smtest.Fail})
+	p := r.pool("")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for i := 0; i < 20; i++ {
+		_, err := p.Exec(ctx, "SELECT 1")
+		if !errors.Is(err, pgsecrets.ErrStoreUnavailable) || !strings.Contains(err.Error(), r.secretID) || ctx.Err() != nil {
+			t.Fatalf("call %d with the store down: %v", i, err)
+		}
+	}
+	if n := r.sm.Calls("GetSecretValue"); n > 4 {
+		t.Errorf("%d store calls for 20 failing calls", n)
+	}
+	remove()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		_, err := p.Exec(ctx, "SELECT 1")
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("never healed: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond) // the backoff decides when the store is tried again
+	}
+}
