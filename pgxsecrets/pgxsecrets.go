@@ -26,6 +26,7 @@ package pgxsecrets
 import (
 	"context"
 	"database/sql/driver"
+	"fmt"
 	"reflect"
 	"strings"
 	"sync"
@@ -84,10 +85,17 @@ func isPoolKey(k string) bool { return strings.HasPrefix(k, "pool_") }
 
 // ParseConfig parses a pgsecrets DSN (both forms, every secret_* key, every
 // provider, pgx's pool_* keys) into a pool configuration whose connections
-// log in with the secret's credentials. The configuration belongs to one
-// pool: use it once, with NewPoolWithConfig. opts are the connector's
+// log in with the secret's credentials. opts are the connector's
 // (WithLogger, WithProvider…).
-func ParseConfig(dsn string, opts ...pgsecrets.Option) (*Config, error) {
+//
+// Use it once, with NewPoolWithConfig, to get a *Pool that recovers inside
+// the call from a rejected login; hooks you set on the configuration first
+// run after pgsecrets' own. Given to pgxpool.NewWithConfig instead, it
+// still takes every connection's credentials from the secret and keeps
+// lease connections from being handed out past their lease, but a login
+// rejected during a rotation fails that call (see the package comment),
+// and the connector behind it (Connector) is yours to Close after the pool.
+func ParseConfig(dsn string, opts ...pgsecrets.Option) (*pgxpool.Config, error) {
 	cfg, err := pgsecrets.ParseDSN(dsn)
 	if err != nil {
 		return nil, err
@@ -116,15 +124,28 @@ func ParseConfig(dsn string, opts ...pgsecrets.Option) (*Config, error) {
 		return nil, &pgsecrets.DSNError{Msg: "pgx rejected the DSN", Err: err}
 	}
 	pc.ConnConfig.Password = ""
-	c := &Config{Config: pc, connector: connector, engine: ec, leases: make(chan struct{})}
+	c := &state{Config: pc, connector: connector, engine: ec, leases: make(chan struct{})}
 	c.install()
-	return c, nil
+	states.Store(pc, c)
+	return pc, nil
 }
 
-// Config is a *pgxpool.Config whose connections log in with a secret's
-// credentials. Set other hooks and pool settings on it as usual before
-// NewPoolWithConfig; the credential hooks call the ones you set.
-type Config struct {
+// states maps the configurations ParseConfig made to their state, until
+// NewPoolWithConfig takes it.
+var states sync.Map // *pgxpool.Config → *state
+
+// Connector returns the pgsecrets connector behind a configuration from
+// ParseConfig (Stats, Refresh, Describe, Close), or nil.
+func Connector(cfg *pgxpool.Config) *pgsecrets.Connector {
+	if v, ok := states.Load(cfg); ok {
+		return v.(*state).connector
+	}
+	return nil
+}
+
+// state is what pgsecrets keeps for a pool configuration: its connector
+// and hooks.
+type state struct {
 	*pgxpool.Config
 	connector *pgsecrets.Connector
 	engine    pgsecrets.EngineConfig
@@ -141,10 +162,6 @@ type hooks struct {
 	beforeClose   func(*pgx.Conn)
 }
 
-// Connector is the pgsecrets connector behind the pool: Stats, Refresh,
-// Describe.
-func (c *Config) Connector() *pgsecrets.Connector { return c.connector }
-
 // attempt carries, through the ctx of an Acquire, the credentials the
 // BeforeConnect of a new connection used, so that a rejected login is
 // recovered from for those credentials.
@@ -159,7 +176,7 @@ const (
 	keyRetire  = "pgsecrets.retire"
 )
 
-func (c *Config) install() {
+func (c *state) install() {
 	c.BeforeConnect = func(ctx context.Context, cc *pgx.ConnConfig) error {
 		creds, err := c.connector.Credentials(ctx)
 		if err != nil {
@@ -238,9 +255,14 @@ func NewPool(ctx context.Context, dsn string, opts ...pgsecrets.Option) (*Pool, 
 	return NewPoolWithConfig(ctx, cfg)
 }
 
-// NewPoolWithConfig creates a pool from cfg. Hooks set on cfg after
-// ParseConfig run after pgsecrets' own.
-func NewPoolWithConfig(ctx context.Context, cfg *Config) (*Pool, error) {
+// NewPoolWithConfig creates a pool from a configuration ParseConfig made
+// (once). Hooks set on it after ParseConfig run after pgsecrets' own.
+func NewPoolWithConfig(ctx context.Context, pc *pgxpool.Config) (*Pool, error) {
+	v, ok := states.LoadAndDelete(pc)
+	if !ok {
+		return nil, fmt.Errorf("pgxsecrets: NewPoolWithConfig needs a configuration from ParseConfig, used once")
+	}
+	cfg := v.(*state)
 	cfg.adoptUserHooks()
 	p, err := pgxpool.NewWithConfig(ctx, cfg.Config)
 	if err != nil {
@@ -286,7 +308,7 @@ func (p *Pool) sweep(leases <-chan struct{}) {
 
 // adoptUserHooks keeps hooks the user set on the configuration after
 // ParseConfig (over pgsecrets' own) and chains them after pgsecrets'.
-func (c *Config) adoptUserHooks() {
+func (c *state) adoptUserHooks() {
 	if f := c.BeforeConnect; f != nil && ptr(f) != ptr(c.own.beforeConnect) {
 		c.userHooks.beforeConnect = f
 	}

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgsecrets/pgsecrets"
@@ -393,5 +394,41 @@ func TestPoolStoreDownCold(t *testing.T) {
 			t.Fatalf("never healed: %v", err)
 		}
 		time.Sleep(50 * time.Millisecond) // the backoff decides when the store is tried again
+	}
+}
+
+// ParseConfig returns a *pgxpool.Config; hooks set on it run after
+// pgsecrets' own, and pgxpool's keys keep working.
+func TestParseConfigHooksAndPoolKeys(t *testing.T) {
+	r := newRig(t)
+	cfg, err := pgxsecrets.ParseConfig(r.dsn("pool_max_conns=3 pool_max_conn_lifetime=7m"), pgsecrets.WithLogger(r.logger))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.MaxConns != 3 || cfg.MaxConnLifetime != 7*time.Minute {
+		t.Errorf("pool keys: max conns %d, lifetime %s", cfg.MaxConns, cfg.MaxConnLifetime)
+	}
+	if pgxsecrets.Connector(cfg) == nil {
+		t.Fatal("no connector for the configuration")
+	}
+	var mine atomic.Int64
+	cfg.AfterConnect = func(ctx context.Context, c *pgx.Conn) error { mine.Add(1); return nil }
+	p, err := pgxsecrets.NewPoolWithConfig(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	var user string
+	if err := p.QueryRow(context.Background(), "SELECT current_user").Scan(&user); err != nil || user != r.role {
+		t.Fatalf("current_user %q, %v", user, err)
+	}
+	if mine.Load() != 1 {
+		t.Errorf("the user's AfterConnect ran %d times", mine.Load())
+	}
+	if _, err := pgxsecrets.NewPoolWithConfig(context.Background(), cfg); err == nil {
+		t.Error("a configuration was used twice")
+	}
+	if _, err := pgxsecrets.NewPool(context.Background(), r.dsn("secret_typo=1")); !errors.Is(err, pgsecrets.ErrInvalidDSN) {
+		t.Errorf("bad DSN: %v", err)
 	}
 }
