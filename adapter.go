@@ -47,6 +47,51 @@ func (c *Connector) Credentials(ctx context.Context) (*Credentials, error) {
 	return creds, nil
 }
 
+// Gate waits for one of the few login slots that credentials which have not
+// logged in yet share (as Connect does: a wrong secret then costs a bounded
+// number of rejected logins, whatever the concurrency); call release once
+// the login is over. Credentials that have logged in need no slot. If a
+// login with creds failed meanwhile, Gate returns that login's error, so
+// that the caller recovers (Recover) instead of trying them again.
+func (c *Connector) Gate(ctx context.Context, creds *Credentials) (release func(), err error) {
+	g := c.guard
+	slot := false
+	done := func() {
+		if slot {
+			slot = false
+			<-g.unverified
+		}
+	}
+	for {
+		if f := g.failing.Load(); f != nil && f.creds.same(creds) {
+			done()
+			return func() {}, f.err
+		}
+		if r := g.rejected.Load(); r.covers(creds) && g.cb.State() != gobreaker.StateHalfOpen {
+			done()
+			return func() {}, r.err
+		}
+		if slot || g.verified.Load().same(creds) {
+			return done, nil
+		}
+		select {
+		case g.unverified <- struct{}{}:
+			slot = true // look again: the outcome may be known now
+		case <-ctx.Done():
+			return func() {}, waitError(ctx, c.cfg.SecretID, creds, "", "gave up waiting for a login slot", nil)
+		}
+	}
+}
+
+// Rejected records at once that the database rejected creds, before the
+// caller lets go of its login slot (Gate): callers waiting for a slot for
+// the same credentials then join the recovery instead of trying them.
+func (c *Connector) Rejected(creds *Credentials, loginErr error) {
+	if state, ok := authFailure(loginErr); ok && creds != nil {
+		c.guard.failing.Store(&failure{creds: creds, sqlstate: state, err: loginErr})
+	}
+}
+
 // LoggedIn records that creds logged in to the database: a later rejection
 // of them is then a rotation in progress (recovery gets the whole
 // secret_retry_window), not a configuration problem (one round).

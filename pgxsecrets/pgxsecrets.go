@@ -165,7 +165,10 @@ type hooks struct {
 // attempt carries, through the ctx of an Acquire, the credentials the
 // BeforeConnect of a new connection used, so that a rejected login is
 // recovered from for those credentials.
-type attempt struct{ creds *pgsecrets.Credentials }
+type attempt struct {
+	creds   *pgsecrets.Credentials
+	release func() // the login slot, if the credentials needed one
+}
 
 type attemptKey struct{}
 
@@ -184,6 +187,11 @@ func (c *state) install() {
 		}
 		if a, ok := ctx.Value(attemptKey{}).(*attempt); ok {
 			a.creds = creds
+			release, err := c.connector.Gate(ctx, creds)
+			if err != nil {
+				return err
+			}
+			a.release = release
 		}
 		setCreds(cc, c.engine, creds)
 		if c.userHooks.beforeConnect != nil {

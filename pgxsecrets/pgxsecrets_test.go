@@ -432,3 +432,46 @@ func TestParseConfigHooksAndPoolKeys(t *testing.T) {
 		t.Errorf("bad DSN: %v", err)
 	}
 }
+
+// A wrong password from the start, 100 concurrent calls on a pool of 16:
+// as with lib/pq, at most 4 rejected logins and 4 store calls, and every
+// call fails fast with ErrAuthFailed or ErrCircuitOpen.
+func TestPoolWrongPasswordColdBurst(t *testing.T) {
+	r := newRig(t)
+	bad := randomPassword()
+	r.seen = append(r.seen, bad)
+	if _, err := r.sm.PutSecretValue(r.secretID, secretJSON(r.role, bad)); err != nil {
+		t.Fatal(err)
+	}
+	p := r.pool("pool_max_conns=16")
+	var wg sync.WaitGroup
+	var auth, open atomic.Int64
+	start := make(chan struct{})
+	for i := 0; i < 100; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			switch _, err := p.Exec(ctx, "SELECT 1"); {
+			case errors.Is(err, pgsecrets.ErrAuthFailed):
+				auth.Add(1)
+			case errors.Is(err, pgsecrets.ErrCircuitOpen):
+				open.Add(1)
+			default:
+				t.Errorf("unexpected: %v", err)
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	logins := r.pg.AuthFailures(r.role)
+	t.Logf("100 calls: %d auth errors, %d circuit-open; %d rejected logins, %d store calls", auth.Load(), open.Load(), logins, r.sm.Calls("GetSecretValue"))
+	if logins > 4 {
+		t.Errorf("%d rejected logins, want ≤ 4", logins)
+	}
+	if n := r.sm.Calls("GetSecretValue"); n > 4 {
+		t.Errorf("%d store calls, want ≤ 4", n)
+	}
+}

@@ -41,6 +41,12 @@ func retry[T any](ctx context.Context, p *Pool, call func(ctx context.Context) (
 	for i := 0; ; i++ {
 		a := &attempt{}
 		v, err := call(context.WithValue(ctx, attemptKey{}, a))
+		if a.release != nil {
+			if pgsecrets.IsAuthFailure(err) {
+				p.connector.Rejected(a.creds, err) // before the slot goes
+			}
+			a.release()
+		}
 		if err == nil || !pgsecrets.IsAuthFailure(err) || i == maxRecoveries {
 			return v, err
 		}
