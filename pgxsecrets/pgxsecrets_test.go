@@ -475,3 +475,39 @@ func TestPoolWrongPasswordColdBurst(t *testing.T) {
 		t.Errorf("%d store calls, want ≤ 4", n)
 	}
 }
+
+// The store failing for 3 s while credentials are cached and past their
+// TTL: both paths keep serving (stale within max_stale), 0 failed queries.
+func TestStoreOutageBothPaths(t *testing.T) {
+	for _, path := range []string{"pool", "sql-pgx"} {
+		t.Run(path, func(t *testing.T) {
+			r := newRig(t)
+			var query func(ctx context.Context) error
+			var stats func() pgsecrets.Stats
+			if path == "pool" {
+				p := r.pool(poolLoad + " secret_ttl=1s")
+				query = func(ctx context.Context) error { var one int; return p.QueryRow(ctx, "SELECT 1").Scan(&one) }
+				stats = p.Connector().Stats
+			} else {
+				c, err := pgsecrets.NewConnector(r.dsn("secret_driver=pgx secret_ttl=1s"), pgsecrets.WithLogger(r.logger))
+				if err != nil {
+					t.Fatal(err)
+				}
+				db := sql.OpenDB(c)
+				t.Cleanup(func() { db.Close() })
+				db.SetConnMaxLifetime(250 * time.Millisecond)
+				query = func(ctx context.Context) error { var one int; return db.QueryRowContext(ctx, "SELECT 1").Scan(&one) }
+				stats = c.Stats
+			}
+			l := startLoad(t, query)
+			remove := r.sm.Inject("GetSecretValue", smtest.Fault{Kind: smtest.Fail})
+			time.Sleep(3 * time.Second) // the outage lasts past the 1 s TTL
+			remove()
+			l.waitQueries(t, 200)
+			l.assertNoFailures(t)
+			if st := stats(); st.StaleServes == 0 {
+				t.Errorf("no stale serve during a 3 s outage with a 1 s TTL: %s", st)
+			}
+		})
+	}
+}
