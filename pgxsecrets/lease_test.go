@@ -2,6 +2,7 @@ package pgxsecrets_test
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"strings"
 	"sync/atomic"
@@ -67,5 +68,32 @@ func TestPoolRetiresLeaseConnections(t *testing.T) {
 	}
 	if n := lp.fetches.Load(); n < 3 {
 		t.Errorf("%d credentials fetched in 6 s of 2 s leases", n)
+	}
+}
+
+// database/sql over pgx with expiring credentials: connections are the
+// core's lease wrapper around pgx's, retired in time without a lifetime.
+func TestSQLOverPgxRetiresLeaseConnections(t *testing.T) {
+	r := newRig(t)
+	lp := &leaseProvider{user: r.role, password: r.password, life: 2 * time.Second}
+	c, err := pgsecrets.NewConnector(r.dsn("secret_driver=pgx"), pgsecrets.WithLogger(r.logger), pgsecrets.WithProvider(lp))
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := sql.OpenDB(c)
+	t.Cleanup(func() { db.Close() })
+	db.SetMaxIdleConns(16)
+	l := startLoad(t, func(ctx context.Context) error {
+		var one int
+		return db.QueryRowContext(ctx, "SELECT 1").Scan(&one)
+	})
+	eventually := time.Now().Add(time.Minute)
+	for c.Stats().ConnsRetired == 0 && time.Now().Before(eventually) {
+		time.Sleep(20 * time.Millisecond) // polling a counter
+	}
+	l.waitQueries(t, 200)
+	l.assertNoFailures(t)
+	if st := c.Stats(); st.ConnsRetired == 0 || lp.fetches.Load() < 2 {
+		t.Errorf("%d connections retired, %d leases fetched", st.ConnsRetired, lp.fetches.Load())
 	}
 }
