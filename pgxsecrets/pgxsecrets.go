@@ -73,14 +73,10 @@ func setCreds(cc *pgx.ConnConfig, ec pgsecrets.EngineConfig, creds *pgsecrets.Cr
 		cc.Fallbacks = nil // the secret names the one server
 	}
 	cc.Host, cc.Port, cc.Database = host, port, db
-	for _, fb := range cc.Fallbacks {
-		if !ec.PortSet && creds.Port != 0 {
-			fb.Port = creds.Port
-		}
-	}
 }
 
-// poolKeys are pgxpool's own DSN keys, which the connector must not see.
+// isPoolKey reports pgxpool's own DSN keys, which the connector must not
+// see.
 func isPoolKey(k string) bool { return strings.HasPrefix(k, "pool_") }
 
 // ParseConfig parses a pgsecrets DSN (both forms, every secret_* key, every
