@@ -63,3 +63,12 @@ func TestCheckVaultProvider(t *testing.T) {
 		t.Errorf("%d leases left active after check", n)
 	}
 }
+
+// check with secret_driver=pgx: the login goes through pgx.
+func TestCheckPgxEngine(t *testing.T) {
+	r := newCheckRig(t)
+	res, _ := r.check(t, r.dsn("secret_driver=pgx"))
+	if res.code != 0 || !strings.Contains(res.stdout, "OK: logged in as "+r.role) {
+		t.Fatalf("exit %d:\n%s", res.code, res)
+	}
+}

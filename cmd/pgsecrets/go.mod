@@ -9,6 +9,7 @@ require (
 	github.com/aws/smithy-go v1.28.9
 	github.com/lib/pq v1.12.3
 	github.com/pgsecrets/pgsecrets v0.0.0
+	github.com/pgsecrets/pgsecrets/pgxsecrets v0.0.0-00010101000000-000000000000
 	github.com/pgsecrets/pgsecrets/vault v0.0.0-00010101000000-000000000000
 )
 
@@ -36,18 +37,23 @@ require (
 	github.com/hashicorp/go-sockaddr v1.0.7 // indirect
 	github.com/hashicorp/hcl v1.0.1-vault-7 // indirect
 	github.com/hashicorp/vault/api v1.23.0 // indirect
+	github.com/jackc/pgpassfile v1.0.0 // indirect
+	github.com/jackc/pgservicefile v0.0.0-20240606120523-5a60cdf6a761 // indirect
+	github.com/jackc/pgx/v5 v5.12.0 // indirect
+	github.com/jackc/puddle/v2 v2.2.3 // indirect
 	github.com/mitchellh/go-homedir v1.1.0 // indirect
 	github.com/mitchellh/mapstructure v1.5.0 // indirect
 	github.com/ryanuber/go-glob v1.0.0 // indirect
 	github.com/sony/gobreaker/v2 v2.4.0 // indirect
 	golang.org/x/crypto v0.45.0 // indirect
 	golang.org/x/net v0.47.0 // indirect
-	golang.org/x/sync v0.20.0 // indirect
-	golang.org/x/text v0.31.0 // indirect
+	golang.org/x/sync v0.22.0 // indirect
+	golang.org/x/text v0.41.0 // indirect
 	golang.org/x/time v0.12.0 // indirect
 )
 
 replace (
 	github.com/pgsecrets/pgsecrets => ../..
+	github.com/pgsecrets/pgsecrets/pgxsecrets => ../../pgxsecrets
 	github.com/pgsecrets/pgsecrets/vault => ../../vault
 )

@@ -17,7 +17,9 @@ import (
 	"strings"
 	"syscall"
 
-	// Every provider pgsecrets ships, so that check works with each.
+	// Every provider and engine pgsecrets ships, so that check works with
+	// each.
+	_ "github.com/pgsecrets/pgsecrets/pgxsecrets"
 	_ "github.com/pgsecrets/pgsecrets/vault"
 )
 
