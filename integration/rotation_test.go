@@ -9,6 +9,7 @@ import (
 	"gorm.io/gorm/logger"
 
 	"github.com/pgsecrets/pgsecrets"
+	_ "github.com/pgsecrets/pgsecrets/pgxsecrets" // secret_driver=pgx
 )
 
 // The password changes between two GORM queries. The pool keeps no idle
@@ -16,7 +17,7 @@ import (
 // still holds the old password, the database rejects it, and the driver
 // recovers by fetching the secret again, within the same query.
 func TestGORMPasswordRotation(t *testing.T) {
-	for _, mode := range []string{"DriverName", "Conn"} {
+	for _, mode := range []string{"DriverName", "Conn", "DriverName+pgx"} {
 		t.Run(mode, func(t *testing.T) {
 			w := newWorld(t)
 			var (
@@ -27,6 +28,9 @@ func TestGORMPasswordRotation(t *testing.T) {
 			switch mode {
 			case "DriverName":
 				db, sqlDB = openGORM(t, w.kv(), false)
+			case "DriverName+pgx":
+				// The same, logging in through pgx (secret_driver=pgx).
+				db, sqlDB = openGORM(t, w.kv()+" secret_driver=pgx", false)
 			case "Conn":
 				// The other way in: a Connector of one's own, for its Stats.
 				var err error
