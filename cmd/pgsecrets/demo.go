@@ -84,7 +84,15 @@ interrupted.
 Needs the PostgreSQL server binaries (initdb, postgres): found through
 PG_BINDIR, pg_config, or the usual install directories.
 
+With --provider vault the store is an in-process Vault (vaulttest) issuing
+dynamic credentials: a PostgreSQL role per lease (TTL 3 × --rotate-every,
+max TTL twice that), a pool with no SetConnMaxLifetime at all, and a Vault
+outage every 3 × --rotate-every. It shows leases issued, renewed, retired
+and revoked as they happen, and checks that db.Close left no lease and no
+role behind.
+
 Flags:
+  --provider P        awssm (default) or vault
   --duration DUR      how long the load runs (default 20s)
   --rotate-every DUR  time between rotations and outages (default 3s)
   --workers N         concurrent query loops (default 8)
