@@ -511,3 +511,48 @@ func TestStoreOutageBothPaths(t *testing.T) {
 		})
 	}
 }
+
+// pg_hba.conf refuses (28000) through both pgx paths: one round, then
+// ErrAuthFailed wrapping pgx's *pgconn.PgError, then the breaker, as with
+// lib/pq; well inside the 30 s retry window.
+func TestPgHbaRefusalBothPaths(t *testing.T) {
+	r := newRig(t)
+	ctx := context.Background()
+	if err := r.pg.SetHostSSLOnly(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = r.pg.SetHostSSLOnly(ctx, false) })
+	dsn := fmt.Sprintf("host=%s port=%d dbname=postgres sslmode=disable secret_id=%s secret_endpoint=%s",
+		r.pg.Host(), r.pg.Port(), r.secretID, r.sm.URL())
+	check := func(path string, call func(context.Context) error) {
+		pctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		defer cancel()
+		err := call(pctx)
+		var pgErr *pgconn.PgError
+		if !errors.Is(err, pgsecrets.ErrAuthFailed) || errors.Is(err, context.DeadlineExceeded) || !errors.As(err, &pgErr) || pgErr.Code != "28000" {
+			t.Fatalf("%s: %v, want ErrAuthFailed wrapping pgx's 28000", path, err)
+		}
+		if !strings.Contains(err.Error(), "pg_hba.conf") {
+			t.Errorf("%s: %q does not point at pg_hba.conf", path, err)
+		}
+		if err := call(pctx); !errors.Is(err, pgsecrets.ErrCircuitOpen) {
+			t.Errorf("%s, second call: %v, want ErrCircuitOpen", path, err)
+		}
+	}
+	p, err := pgxsecrets.NewPool(ctx, dsn, pgsecrets.WithLogger(r.logger), pgsecrets.WithBreakerOpenInterval(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	check("pool", func(ctx context.Context) error { _, err := p.Exec(ctx, "SELECT 1"); return err })
+	p.Close()
+
+	c, err := pgsecrets.NewConnector(dsn+" secret_driver=pgx secret_region=us-east-1 application_name=pgx", pgsecrets.WithLogger(r.logger),
+		pgsecrets.WithBreakerOpenInterval(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := sql.OpenDB(c)
+	defer db.Close()
+	check("sql-pgx", db.PingContext)
+}
