@@ -54,33 +54,11 @@ func (c *Connector) Credentials(ctx context.Context) (*Credentials, error) {
 // login with creds failed meanwhile, Gate returns that login's error, so
 // that the caller recovers (Recover) instead of trying them again.
 func (c *Connector) Gate(ctx context.Context, creds *Credentials) (release func(), err error) {
-	g := c.guard
-	slot := false
-	done := func() {
-		if slot {
-			slot = false
-			<-g.unverified
-		}
+	release, known, err := c.loginSlot(ctx, creds, c.guard.cb.State() == gobreaker.StateHalfOpen)
+	if known != nil {
+		return release, known.err
 	}
-	for {
-		if f := g.failing.Load(); f != nil && f.creds.same(creds) {
-			done()
-			return func() {}, f.err
-		}
-		if r := g.rejected.Load(); r.covers(creds) && g.cb.State() != gobreaker.StateHalfOpen {
-			done()
-			return func() {}, r.err
-		}
-		if slot || g.verified.Load().same(creds) {
-			return done, nil
-		}
-		select {
-		case g.unverified <- struct{}{}:
-			slot = true // look again: the outcome may be known now
-		case <-ctx.Done():
-			return func() {}, waitError(ctx, c.cfg.SecretID, creds, "", "gave up waiting for a login slot", nil)
-		}
-	}
+	return release, err
 }
 
 // Rejected records at once that the database rejected creds, before the
@@ -158,11 +136,7 @@ func (c *Connector) Hold(creds *Credentials) (release func(), retireAt func() ti
 	}
 	b := c.entry.leases
 	l := b.open(creds, c.pol)
-	lc := newLeaseConn(nopConn{}, b, l)
-	b.mu.Lock()
-	l.dialing--
-	l.conns[lc] = struct{}{}
-	b.mu.Unlock()
+	lc := b.opened(l, nopConn{})
 	return func() { _ = lc.Close() }, func() time.Time { return time.Unix(0, l.retireAt.Load()) }
 }
 

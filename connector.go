@@ -72,7 +72,7 @@ func NewConnector(dsn string, opts ...Option) (*Connector, error) {
 	if !ok {
 		return nil, unknownEngineError(cfg.Driver)
 	}
-	if c.engine, err = ef(EngineConfig{DSN: cfg.pqDSN(os.Getenv), HostSet: c.hostSet, PortSet: c.portSet, DBNameSet: c.dbSet}); err != nil {
+	if c.engine, err = ef(c.EngineConfig()); err != nil {
 		return nil, err
 	}
 
@@ -281,31 +281,14 @@ const maxUnverifiedLogins = 4
 // time, the others waiting for the outcome.
 func (c *Connector) firstLogin(ctx context.Context, creds *Credentials, probe bool) (driver.Conn, failure, error) {
 	g := c.guard
-	slot := false
-	defer func() {
-		if slot {
-			<-g.unverified
-		}
-	}()
-	for {
-		if f := g.failing.Load(); f != nil && f.creds.same(creds) {
-			return nil, *f, nil
-		}
-		if r := g.rejected.Load(); !probe && r.covers(creds) {
-			return nil, failure{}, r.err // the breaker opens on it
-		}
-		if slot || g.verified.Load().same(creds) {
-			break
-		}
-		select {
-		case g.unverified <- struct{}{}:
-			slot = true // check again: the outcome may be known now
-		case <-ctx.Done():
-			return nil, failure{}, waitError(ctx, c.cfg.SecretID, creds, "",
-				fmt.Sprintf("gave up waiting for a login slot: %d callers were already trying these credentials, which have not logged in yet",
-					maxUnverifiedLogins), nil)
-		}
+	release, known, err := c.loginSlot(ctx, creds, probe)
+	if known != nil {
+		return nil, *known, nil
 	}
+	if err != nil {
+		return nil, failure{}, err // ctx ended, or a failed recovery's answer (the breaker opens on it)
+	}
+	defer release()
 	conn, err := c.dial(ctx, creds)
 	if err == nil {
 		g.verified.Store(creds)
@@ -323,6 +306,45 @@ func (c *Connector) firstLogin(ctx context.Context, creds *Credentials, probe bo
 	// it when it ends.
 	g.failing.Store(&f)
 	return nil, f, nil
+}
+
+// loginSlot waits, for credentials that have not logged in yet, for one of
+// the maxUnverifiedLogins slots such logins share; release gives it back
+// (once; it does nothing when no slot was needed). Instead of a slot it
+// returns the failure a login with creds met meanwhile (known: join its
+// recovery), or, unless probe, the error a failed recovery ended with for
+// them, so that credentials known to be rejected are not tried again.
+func (c *Connector) loginSlot(ctx context.Context, creds *Credentials, probe bool) (release func(), known *failure, err error) {
+	g := c.guard
+	slot := false
+	release = func() {
+		if slot {
+			slot = false
+			<-g.unverified
+		}
+	}
+	none := func() {}
+	for {
+		if f := g.failing.Load(); f != nil && f.creds.same(creds) {
+			release()
+			return none, f, nil
+		}
+		if r := g.rejected.Load(); !probe && r.covers(creds) {
+			release()
+			return none, nil, r.err
+		}
+		if slot || g.verified.Load().same(creds) {
+			return release, nil, nil
+		}
+		select {
+		case g.unverified <- struct{}{}:
+			slot = true // check again: the outcome may be known now
+		case <-ctx.Done():
+			return none, nil, waitError(ctx, c.cfg.SecretID, creds, "",
+				fmt.Sprintf("gave up waiting for a login slot: %d callers were already trying these credentials, which have not logged in yet",
+					maxUnverifiedLogins), nil)
+		}
+	}
 }
 
 // maxRecoveries bounds how often one Connect recovers when the credentials

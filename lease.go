@@ -93,15 +93,23 @@ func expiryMargin(configured, d time.Duration) time.Duration {
 func (b *leaseBook) adopt(c *Credentials, pol policy) {
 	b.mu.Lock()
 	b.addLocked(c, pol, true)
+	b.mu.Unlock()
+	b.startKeeper(b.e.spawnLocked)
+	b.poke()
+}
+
+// startKeeper starts the keeper goroutine unless it runs; spawn is
+// e.spawn, or e.spawnLocked for a caller holding e.mu.
+func (b *leaseBook) startKeeper(spawn func(func()) bool) {
+	b.mu.Lock()
 	start := !b.running
 	b.running = true
 	b.mu.Unlock()
-	if start && !b.e.spawnLocked(b.keep) {
+	if start && !spawn(b.keep) {
 		b.mu.Lock()
-		b.running = false
+		b.running = false // the entry is closed
 		b.mu.Unlock()
 	}
-	b.poke()
 }
 
 func (b *leaseBook) addLocked(c *Credentials, pol policy, current bool) *lease {
@@ -159,14 +167,8 @@ func (b *leaseBook) open(c *Credentials, pol policy) *lease {
 		l = b.addLocked(c, pol, false)
 	}
 	l.dialing++
-	start := !b.running
-	b.running = true
 	b.mu.Unlock()
-	if start && !b.e.spawn(b.keep) {
-		b.mu.Lock()
-		b.running = false
-		b.mu.Unlock()
-	}
+	b.startKeeper(b.e.spawn)
 	return l
 }
 
