@@ -438,6 +438,3 @@ func probe(ctx context.Context, db *sql.DB, q string) error {
 	rows.Close()
 	return rows.Err()
 }
-
-func quoteIdent(s string) string   { return pq.QuoteIdentifier(s) }
-func quoteLiteral(s string) string { return pq.QuoteLiteral(s) }

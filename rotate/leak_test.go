@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/pgsecrets/pgsecrets/rotate"
 	"github.com/pgsecrets/pgsecrets/smtest"
@@ -35,7 +36,7 @@ func TestRotationLeaksNothing(t *testing.T) {
 	note(res, err)
 	rb, err := w.rotator(rotate.Options{}).Rollback(ctx, w.secretID, true)
 	note(rb, err)
-	note(w.rotator(rotate.Options{}).Check(ctx, w.secretID, timeNow()), nil)
+	note(w.rotator(rotate.Options{}).Check(ctx, w.secretID, time.Now()), nil)
 
 	// Alternating with a wrong admin password; then the store failing.
 	_, cur := w.stage(rotate.StageCurrent)

@@ -7,6 +7,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
+	"github.com/lib/pq"
 )
 
 // ErrRollbackRefused is wrapped when Rollback cannot be sure which
@@ -127,7 +128,7 @@ func (r *Rotator) Rollback(ctx context.Context, secretID string, dryRun bool) (R
 		if err != nil {
 			return res, err
 		}
-		if _, err := db.ExecContext(ctx, "ALTER ROLE "+quoteIdent(prev.User)+" WITH PASSWORD "+quoteLiteral(v)); err != nil {
+		if _, err := db.ExecContext(ctx, "ALTER ROLE "+pq.QuoteIdentifier(prev.User)+" WITH PASSWORD "+pq.QuoteLiteral(v)); err != nil {
 			return res, fmt.Errorf("rotate: setting the previous password of %s back (as %s): %w", prev.User, as, err)
 		}
 		return res, move(prev.VersionID)

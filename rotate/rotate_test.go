@@ -503,5 +503,3 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
-
-func timeNow() time.Time { return time.Now() }

@@ -356,12 +356,8 @@ func (c *checker) run(parent context.Context, dsn string) {
 	db := sql.OpenDB(connector)
 	defer db.Close()
 	life := connector.ConnMaxLifetime()
-	c.rep.Recommendation = &recommendation{
-		ConnMaxLifetime: life.String(), ConnMaxLifetimeSeconds: life.Seconds(),
-		Code: "db.SetConnMaxLifetime(" + goDuration(life) + ")",
-		Why: fmt.Sprintf("PostgreSQL checks a password only at login, so this bounds how long a session opened with an old password keeps running after a rotation (every session uses the current one within ttl + lifetime = %s); pgsecrets.Open sets it for you",
-			cfg.TTL+life),
-	}
+	c.rep.Recommendation = recommend(life, fmt.Sprintf("PostgreSQL checks a password only at login, so this bounds how long a session opened with an old password keeps running after a rotation (every session uses the current one within ttl + lifetime = %s); pgsecrets.Open sets it for you",
+		cfg.TTL+life))
 
 	c.diag.step = "fetching the secret"
 	t = time.Now()
@@ -552,6 +548,12 @@ func (c *checker) describe(ctx context.Context, client *secretsmanager.Client, c
 	if rot.DeletedDate != nil {
 		c.warn("the secret is scheduled for deletion on %s", rot.DeletedDate.UTC().Format(time.RFC3339))
 	}
+}
+
+// recommend is the SetConnMaxLifetime advice for life, and why.
+func recommend(life time.Duration, why string) *recommendation {
+	return &recommendation{ConnMaxLifetime: life.String(), ConnMaxLifetimeSeconds: life.Seconds(),
+		Code: "db.SetConnMaxLifetime(" + goDuration(life) + ")", Why: why}
 }
 
 func (c *checker) addDriverStats(connector *pgsecrets.Connector) {

@@ -36,7 +36,6 @@ func (c *checker) store(ctx context.Context, cfg *pgsecrets.Config, sslMode stri
 	c.step(2, "secret", cfg.Provider+" "+ms(took))
 	sec := c.rep.Secret
 	sec.Fetched, sec.Password = true, "present"
-	lease := false
 	for _, f := range facts {
 		c.kv(f.Name, "%s", f.Value)
 		switch f.Name {
@@ -44,21 +43,18 @@ func (c *checker) store(ctx context.Context, cfg *pgsecrets.Config, sslMode stri
 			sec.Username, c.diag.username = f.Value, f.Value
 		case "version":
 			sec.VersionID = f.Value
-		case "lease":
-			lease = true
 		}
 		c.rep.Facts = append(c.rep.Facts, fact{f.Name, f.Value})
 	}
 	c.kv("password", "present")
 
 	life := connector.ConnMaxLifetime()
-	rec := &recommendation{ConnMaxLifetime: life.String(), ConnMaxLifetimeSeconds: life.Seconds(),
-		Code: "db.SetConnMaxLifetime(" + goDuration(life) + ")",
-		Why: fmt.Sprintf("PostgreSQL checks a password only at login, so this bounds how long a session opened with an old password keeps running after a change (within ttl + lifetime = %s); pgsecrets.Open sets it for you",
-			cfg.TTL+life)}
-	if lease || connector.Stats().Expires.After(time.Now()) {
-		rec.Why = "these credentials expire: the driver retires every connection before its lease ends whatever the lifetime, so this only bounds how long a session lasts otherwise"
+	why := fmt.Sprintf("PostgreSQL checks a password only at login, so this bounds how long a session opened with an old password keeps running after a change (within ttl + lifetime = %s); pgsecrets.Open sets it for you",
+		cfg.TTL+life)
+	if !connector.Stats().Expires.IsZero() {
+		why = "these credentials expire: the driver retires every connection before its lease ends whatever the lifetime, so this only bounds how long a session lasts otherwise"
 	}
+	rec := recommend(life, why)
 	c.rep.Recommendation = rec
 	c.database(ctx, db, connector, sslMode, began)
 }
