@@ -62,7 +62,7 @@ func TestPoolRetiresLeaseConnections(t *testing.T) {
 		prev = cur
 		time.Sleep(100 * time.Millisecond) // sampling at an interval is the point
 	}
-	l.assertNoFailures(t)
+	l.AssertNoFailures(t)
 	if len(old) > 0 {
 		t.Errorf("pool sessions outlived their credential: pids %s", strings.Join(old, ", "))
 	}
@@ -91,8 +91,8 @@ func TestSQLOverPgxRetiresLeaseConnections(t *testing.T) {
 	for c.Stats().ConnsRetired == 0 && time.Now().Before(eventually) {
 		time.Sleep(20 * time.Millisecond) // polling a counter
 	}
-	l.waitQueries(t, 200)
-	l.assertNoFailures(t)
+	l.WaitQueries(t, 200)
+	l.AssertNoFailures(t)
 	if st := c.Stats(); st.ConnsRetired == 0 || lp.fetches.Load() < 2 {
 		t.Errorf("%d connections retired, %d leases fetched", st.ConnsRetired, lp.fetches.Load())
 	}

@@ -1,11 +1,8 @@
 package pgxsecrets_test
 
 import (
-	"bytes"
 	"context"
-	"crypto/rand"
 	"database/sql"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -22,6 +19,7 @@ import (
 
 	"github.com/pgsecrets/pgsecrets"
 	"github.com/pgsecrets/pgsecrets/internal/testdb"
+	"github.com/pgsecrets/pgsecrets/internal/testkit"
 	"github.com/pgsecrets/pgsecrets/pgxsecrets"
 	"github.com/pgsecrets/pgsecrets/smtest"
 )
@@ -44,17 +42,17 @@ type rig struct {
 	role     string
 	password string
 	secretID string
-	logs     *syncBuffer
+	logs     *testkit.SyncBuffer
 	logger   *slog.Logger
 	seen     []string
 }
 
 func newRig(t testing.TB) *rig {
 	t.Helper()
-	r := &rig{t: t, pg: testdb.Shared(t), sm: smtest.Start(t), logs: &syncBuffer{}}
+	r := &rig{t: t, pg: testdb.Shared(t), sm: smtest.Start(t), logs: &testkit.SyncBuffer{}}
 	r.logger = slog.New(slog.NewTextHandler(r.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	r.role = fmt.Sprintf("pgx_%d_%d", os.Getpid(), seq.Add(1))
-	r.password = randomPassword()
+	r.password = testkit.RandomPassword()
 	r.seen = append(r.seen, r.password)
 	if err := r.pg.CreateRole(context.Background(), r.role, r.password); err != nil {
 		t.Fatal(err)
@@ -74,12 +72,6 @@ func newRig(t testing.TB) *rig {
 func secretJSON(user, pw string) string {
 	b, _ := json.Marshal(map[string]any{"username": user, "password": pw, "engine": "postgres"})
 	return string(b)
-}
-
-func randomPassword() string {
-	b := make([]byte, 12)
-	_, _ = rand.Read(b)
-	return "pw-" + hex.EncodeToString(b)
 }
 
 // dsn is a key=value DSN for the shared cluster over verified TLS.
@@ -112,78 +104,16 @@ func (r *rig) sqlDB(extra string) *sql.DB {
 // The standard load: 16 workers of SELECT 1, connections living 250 ms.
 const poolLoad = "pool_max_conns=16 pool_max_conn_lifetime=250ms pool_max_conn_lifetime_jitter=50ms"
 
-type load struct {
-	ok, failed atomic.Int64
-	mu         sync.Mutex
-	errs       []string
-	stop       chan struct{}
-	wg         sync.WaitGroup
-}
-
-func startLoad(t *testing.T, query func(ctx context.Context) error) *load {
-	l := &load{stop: make(chan struct{})}
-	for i := 0; i < 16; i++ {
-		l.wg.Add(1)
-		go func() {
-			defer l.wg.Done()
-			for {
-				select {
-				case <-l.stop:
-					return
-				default:
-				}
-				if err := query(context.Background()); err != nil {
-					l.failed.Add(1)
-					l.mu.Lock()
-					if len(l.errs) < 5 {
-						l.errs = append(l.errs, err.Error())
-					}
-					l.mu.Unlock()
-					continue
-				}
-				l.ok.Add(1)
-			}
-		}()
-	}
-	t.Cleanup(l.halt)
-	l.waitQueries(t, 100)
+// startLoad runs query from 16 workers, once it answers.
+func startLoad(t *testing.T, query func(ctx context.Context) error) *testkit.Load {
+	l := testkit.Start(t, 16, query)
+	l.WaitQueries(t, 100)
 	return l
-}
-
-func (l *load) waitQueries(t *testing.T, n int64) {
-	t.Helper()
-	target := l.ok.Load() + n
-	deadline := time.Now().Add(time.Minute)
-	for l.ok.Load() < target {
-		if time.Now().After(deadline) {
-			l.mu.Lock()
-			defer l.mu.Unlock()
-			t.Fatalf("no progress: %s", strings.Join(l.errs, "\n"))
-		}
-		time.Sleep(5 * time.Millisecond) // polling a counter
-	}
-}
-
-func (l *load) halt() {
-	select {
-	case <-l.stop:
-	default:
-		close(l.stop)
-	}
-	l.wg.Wait()
-}
-
-func (l *load) assertNoFailures(t *testing.T) {
-	t.Helper()
-	l.halt()
-	if f := l.failed.Load(); f != 0 {
-		t.Errorf("%d failed queries of %d:\n%s", f, f+l.ok.Load(), strings.Join(l.errs, "\n"))
-	}
 }
 
 // rotations under test, each run against a load.
 func (r *rig) fourStep(t *testing.T) {
-	pw := randomPassword()
+	pw := testkit.RandomPassword()
 	r.seen = append(r.seen, pw)
 	pending, err := r.sm.PutSecretValue(r.secretID, secretJSON(r.role, pw), "AWSPENDING")
 	if err != nil {
@@ -199,7 +129,7 @@ func (r *rig) fourStep(t *testing.T) {
 }
 
 func (r *rig) wrongOrder(t *testing.T) {
-	pw := randomPassword()
+	pw := testkit.RandomPassword()
 	r.seen = append(r.seen, pw)
 	if err := r.pg.SetPassword(context.Background(), r.role, pw); err != nil {
 		t.Fatal(err)
@@ -212,7 +142,7 @@ func (r *rig) wrongOrder(t *testing.T) {
 
 func (r *rig) alternating(t *testing.T) {
 	other := r.role + "_b"
-	pw := randomPassword()
+	pw := testkit.RandomPassword()
 	r.seen = append(r.seen, pw)
 	if err := r.pg.CreateRole(context.Background(), other, pw); err != nil {
 		t.Fatal(err)
@@ -222,7 +152,7 @@ func (r *rig) alternating(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The old user's password changes later, as in the next rotation.
-	if err := r.pg.SetPassword(context.Background(), r.role, randomPassword()); err != nil {
+	if err := r.pg.SetPassword(context.Background(), r.role, testkit.RandomPassword()); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -244,13 +174,13 @@ func TestRotationsThroughPool(t *testing.T) {
 			for p.Connector().Stats().AuthRecovered == 0 && time.Now().Before(deadline) {
 				time.Sleep(10 * time.Millisecond) // polling a counter
 			}
-			l.waitQueries(t, 500)
-			l.assertNoFailures(t)
+			l.WaitQueries(t, 500)
+			l.AssertNoFailures(t)
 			st := p.Connector().Stats()
 			if st.AuthRecovered == 0 {
 				t.Error("no login was recovered: the rotation was not exercised")
 			}
-			t.Logf("%d queries; %s", l.ok.Load(), st)
+			t.Logf("%d queries; %s", l.OK(), st)
 		})
 	}
 }
@@ -269,8 +199,8 @@ func TestRotationsThroughSQLOverPgx(t *testing.T) {
 				return db.QueryRowContext(ctx, "SELECT 1").Scan(&one)
 			})
 			rotate(r, t)
-			l.waitQueries(t, 500)
-			l.assertNoFailures(t)
+			l.WaitQueries(t, 500)
+			l.AssertNoFailures(t)
 		})
 	}
 }
@@ -326,7 +256,7 @@ func TestPoolSharesCacheWithLibPQ(t *testing.T) {
 // ErrAuthFailed wrapping pgx's *pgconn.PgError, then the breaker answers.
 func TestPoolWrongPasswordFailsFast(t *testing.T) {
 	r := newRig(t)
-	bad := randomPassword()
+	bad := testkit.RandomPassword()
 	r.seen = append(r.seen, bad)
 	if _, err := r.sm.PutSecretValue(r.secretID, secretJSON(r.role, bad)); err != nil {
 		t.Fatal(err)
@@ -347,23 +277,6 @@ func TestPoolWrongPasswordFailsFast(t *testing.T) {
 			t.Error("the error shows a password")
 		}
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // The store down with nothing cached: the pool's calls fail fast with
@@ -438,7 +351,7 @@ func TestParseConfigHooksAndPoolKeys(t *testing.T) {
 // call fails fast with ErrAuthFailed or ErrCircuitOpen.
 func TestPoolWrongPasswordColdBurst(t *testing.T) {
 	r := newRig(t)
-	bad := randomPassword()
+	bad := testkit.RandomPassword()
 	r.seen = append(r.seen, bad)
 	if _, err := r.sm.PutSecretValue(r.secretID, secretJSON(r.role, bad)); err != nil {
 		t.Fatal(err)
@@ -503,8 +416,8 @@ func TestStoreOutageBothPaths(t *testing.T) {
 			remove := r.sm.Inject("GetSecretValue", smtest.Fault{Kind: smtest.Fail})
 			time.Sleep(3 * time.Second) // the outage lasts past the 1 s TTL
 			remove()
-			l.waitQueries(t, 200)
-			l.assertNoFailures(t)
+			l.WaitQueries(t, 200)
+			l.AssertNoFailures(t)
 			if st := stats(); st.StaleServes == 0 {
 				t.Errorf("no stale serve during a 3 s outage with a 1 s TTL: %s", st)
 			}

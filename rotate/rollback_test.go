@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/pgsecrets/pgsecrets/internal/testkit"
 	"github.com/pgsecrets/pgsecrets/rotate"
 )
 
@@ -57,7 +58,7 @@ func TestRollbackSetsPreviousBack(t *testing.T) {
 	if _, _, err := r.Rotate(ctx, w.secretID); err != nil {
 		t.Fatal(err)
 	}
-	if err := w.pg.SetPassword(ctx, w.user, randomPassword()); err != nil { // neither version works now
+	if err := w.pg.SetPassword(ctx, w.user, testkit.RandomPassword()); err != nil { // neither version works now
 		t.Fatal(err)
 	}
 	prevID, _ := w.stage(rotate.StagePrevious)
@@ -79,7 +80,7 @@ func TestRollbackRefuses(t *testing.T) {
 	if _, _, err := r.Rotate(ctx, w.secretID); err != nil {
 		t.Fatal(err)
 	}
-	if err := w.pg.SetPassword(ctx, w.user, randomPassword()); err != nil {
+	if err := w.pg.SetPassword(ctx, w.user, testkit.RandomPassword()); err != nil {
 		t.Fatal(err)
 	}
 	before := w.sm.Stages(w.secretID)

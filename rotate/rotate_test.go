@@ -1,18 +1,14 @@
 package rotate_test
 
 import (
-	"bytes"
 	"context"
-	"crypto/rand"
 	"database/sql"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -22,6 +18,7 @@ import (
 	_ "github.com/lib/pq"
 	"github.com/pgsecrets/pgsecrets"
 	"github.com/pgsecrets/pgsecrets/internal/testdb"
+	"github.com/pgsecrets/pgsecrets/internal/testkit"
 	"github.com/pgsecrets/pgsecrets/rotate"
 	"github.com/pgsecrets/pgsecrets/smtest"
 )
@@ -43,16 +40,16 @@ type world struct {
 	sm       *smtest.Server
 	user     string
 	secretID string
-	logs     *syncBuffer
+	logs     *testkit.SyncBuffer
 	logger   *slog.Logger
 }
 
 func newWorld(t *testing.T, extra map[string]any) *world {
 	t.Helper()
-	w := &world{t: t, pg: testdb.Shared(t), sm: smtest.Start(t), logs: &syncBuffer{}}
+	w := &world{t: t, pg: testdb.Shared(t), sm: smtest.Start(t), logs: &testkit.SyncBuffer{}}
 	w.logger = slog.New(slog.NewTextHandler(w.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	w.user = fmt.Sprintf("rot_%d_%d", os.Getpid(), seq.Add(1))
-	pw := randomPassword()
+	pw := testkit.RandomPassword()
 	if err := w.pg.CreateRole(context.Background(), w.user, pw); err != nil {
 		t.Fatal(err)
 	}
@@ -148,18 +145,12 @@ func (w *world) stage(stage string) (string, map[string]any) {
 // admin is a superuser with a secret of its own, for masterarn.
 func (w *world) admin() string {
 	name := w.user + "_admin"
-	pw := randomPassword()
+	pw := testkit.RandomPassword()
 	if _, err := w.pg.DB().Exec("CREATE ROLE " + quote(name) + " LOGIN SUPERUSER PASSWORD '" + pw + "'"); err != nil {
 		w.t.Fatal(err)
 	}
 	w.t.Cleanup(func() { _ = w.pg.DropRole(context.Background(), name) })
 	return w.sm.CreateSecret("test/admin/"+name, w.secretJSON(name, pw, nil))
-}
-
-func randomPassword() string {
-	b := make([]byte, 12)
-	_, _ = rand.Read(b)
-	return "pw-" + hex.EncodeToString(b)
 }
 
 // runTwice runs every step twice: the second run must change nothing.
@@ -181,63 +172,14 @@ func runTwice(t *testing.T, r *rotate.Rotator, secretID, token string) {
 	}
 }
 
-// load runs SELECT 1 from n workers through db.
-type load struct {
-	ok, failed atomic.Int64
-	mu         sync.Mutex
-	errs       []string
-	stop       chan struct{}
-	wg         sync.WaitGroup
-}
-
-func startLoad(t *testing.T, db *sql.DB, n int) *load {
-	l := &load{stop: make(chan struct{})}
-	for i := 0; i < n; i++ {
-		l.wg.Add(1)
-		go func() {
-			defer l.wg.Done()
-			for {
-				select {
-				case <-l.stop:
-					return
-				default:
-				}
-				var one int
-				if err := db.QueryRow("SELECT 1").Scan(&one); err != nil {
-					l.failed.Add(1)
-					l.mu.Lock()
-					if len(l.errs) < 5 {
-						l.errs = append(l.errs, err.Error())
-					}
-					l.mu.Unlock()
-					continue
-				}
-				l.ok.Add(1)
-			}
-		}()
-	}
-	t.Cleanup(l.halt)
-	for l.ok.Load() < 50 && l.failed.Load() == 0 {
-		time.Sleep(5 * time.Millisecond) // polling a counter
-	}
+// startLoad runs SELECT 1 from n workers through db, once it answers.
+func startLoad(t *testing.T, db *sql.DB, n int) *testkit.Load {
+	l := testkit.Start(t, n, func(ctx context.Context) error {
+		var one int
+		return db.QueryRowContext(ctx, "SELECT 1").Scan(&one)
+	})
+	l.WaitQueries(t, 50)
 	return l
-}
-
-func (l *load) halt() {
-	select {
-	case <-l.stop:
-	default:
-		close(l.stop)
-	}
-	l.wg.Wait()
-}
-
-func (l *load) assertNoFailures(t *testing.T) {
-	t.Helper()
-	l.halt()
-	if f := l.failed.Load(); f != 0 {
-		t.Errorf("%d failed queries of %d: %s", f, f+l.ok.Load(), strings.Join(l.errs, "\n"))
-	}
 }
 
 func TestSingleUserUnderLoad(t *testing.T) {
@@ -248,7 +190,7 @@ func TestSingleUserUnderLoad(t *testing.T) {
 	token := "11111111-2222-4333-8444-555555555555"
 	runTwice(t, r, w.secretID, token)
 	time.Sleep(300 * time.Millisecond) // connections of the old password's era retire (250 ms lifetime)
-	l.assertNoFailures(t)
+	l.AssertNoFailures(t)
 	id, after := w.stage(rotate.StageCurrent)
 	if id != token || after["username"] != w.user || after["password"] == before["password"] {
 		t.Fatalf("AWSCURRENT is %s for %v", id, after["username"])
@@ -351,7 +293,7 @@ func TestAlternatingUsersCarriesPrivilegesOver(t *testing.T) {
 	if err := w.login(after); err != nil {
 		t.Errorf("the previous (clone) credentials stopped working: %v", err)
 	}
-	l.assertNoFailures(t)
+	l.AssertNoFailures(t)
 }
 
 // A clone that cannot get what the original has (the original owns a
@@ -390,7 +332,7 @@ func TestAlternatingTestSecretFailsOnMissingPrivilege(t *testing.T) {
 	if id, _ := w.stage(rotate.StageCurrent); id != curID {
 		t.Errorf("AWSCURRENT moved to %s", id)
 	}
-	l.assertNoFailures(t)
+	l.AssertNoFailures(t)
 }
 
 // Passwords with quotes, backslashes and dollars round-trip through
@@ -473,7 +415,7 @@ func TestResumeAfterSetSecret(t *testing.T) {
 			t.Errorf("%s redone on resume: %s", x.Step, x.What)
 		}
 	}
-	l.assertNoFailures(t)
+	l.AssertNoFailures(t)
 	if id, _ := w.stage(rotate.StageCurrent); id != token {
 		t.Errorf("AWSCURRENT on %s", id)
 	}
@@ -484,22 +426,4 @@ func TestResumeAfterSetSecret(t *testing.T) {
 
 func getByID(secretID, versionID string) *secretsmanager.GetSecretValueInput {
 	return &secretsmanager.GetSecretValueInput{SecretId: aws.String(secretID), VersionId: aws.String(versionID)}
-}
-
-// syncBuffer is a bytes.Buffer safe for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pgsecrets/pgsecrets/internal/testkit"
 	"github.com/pgsecrets/pgsecrets/vault/vaulttest"
 )
 
@@ -23,7 +24,7 @@ func TestKubernetesAuthFromEnvironment(t *testing.T) {
 	r.hide(vs.RootToken())
 	user, pw := r.role()
 	vs.PutKV("kv", "app", map[string]any{"username": user, "password": pw})
-	jwt := "eyJhbGciOiJSUzI1NiJ9." + randomPassword()
+	jwt := "eyJhbGciOiJSUzI1NiJ9." + testkit.RandomPassword()
 	r.hide(jwt)
 	vs.SetPolicy("app", "kv/data/app")
 	vs.AddKubernetesRole("k8s-prod", "app", jwt, vaulttest.TokenOptions{TTL: time.Hour, Renewable: true, Policies: []string{"app"}})

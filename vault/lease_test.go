@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/pgsecrets/pgsecrets"
+	"github.com/pgsecrets/pgsecrets/internal/testkit"
 	"github.com/pgsecrets/pgsecrets/vault/vaulttest"
 )
 
@@ -68,13 +69,13 @@ func TestDynamicLeasesUnderLoad(t *testing.T) {
 	db := sql.OpenDB(c) // no SetConnMaxLifetime: the leases alone must retire connections
 	db.SetMaxIdleConns(16)
 	l := startLoad(t, db, 16)
-	l.waitQueries(t, 100)
+	l.WaitQueries(t, 100)
 
 	// A session is stale only if it shows up in two samples in a row: a
 	// backend whose client just closed may linger for a moment.
 	var violations []string
 	prev := map[int]string{}
-	during(20*time.Second, 100*time.Millisecond, func() {
+	testkit.During(20*time.Second, 100*time.Millisecond, func() {
 		cur := staleSessions(t, admin)
 		for pid, user := range cur {
 			if prev[pid] == user {
@@ -83,13 +84,13 @@ func TestDynamicLeasesUnderLoad(t *testing.T) {
 		}
 		prev = cur
 	})
-	l.assertNoFailures(t)
+	l.AssertNoFailures(t)
 	if len(violations) > 0 {
 		t.Errorf("sessions stayed open on roles past their lease: %v", violations)
 	}
 	st := c.Stats()
 	leases := r.vs.Leases()
-	t.Logf("%d queries, %d leases issued, stats %+v", l.ok.Load(), len(leases), st)
+	t.Logf("%d queries, %d leases issued, stats %+v", l.OK(), len(leases), st)
 	if len(leases) < 3 {
 		t.Errorf("%d leases issued in 20 s of 3 s leases, want several in turn", len(leases))
 	}
@@ -129,7 +130,7 @@ func TestLeaseRenewedWhileInUse(t *testing.T) {
 	if err := conn.QueryRowContext(context.Background(), "SELECT current_user").Scan(&user); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "a renewal capped at the max TTL", func() bool {
+	testkit.Eventually(t, "a renewal capped at the max TTL", func() bool {
 		for _, l := range r.vs.Leases() {
 			if l.Username == user && l.Renewals > 0 && !l.MaxExpires.IsZero() && !l.Expires.Before(l.MaxExpires) {
 				return true
@@ -138,13 +139,13 @@ func TestLeaseRenewedWhileInUse(t *testing.T) {
 		return false
 	})
 	// The server records the cap before its answer reaches the driver.
-	eventually(t, "a log line saying the lease reached its max TTL", func() bool {
+	testkit.Eventually(t, "a log line saying the lease reached its max TTL", func() bool {
 		return strings.Contains(r.logs.String(), pgsecrets.EventLeaseCapped)
 	})
 	// Back in the pool, the connection is retired before the lease's
 	// capped end: at once if that is near, else when it comes.
 	conn.Close()
-	eventually(t, "the connection of the capped lease retired", func() bool { return c.Stats().ConnsRetired > 0 })
+	testkit.Eventually(t, "the connection of the capped lease retired", func() bool { return c.Stats().ConnsRetired > 0 })
 	if c.Stats().LeaseRenewals == 0 {
 		t.Error("Stats counts no renewal")
 	}
@@ -162,7 +163,7 @@ func TestVaultDownWhileLeasesValid(t *testing.T) {
 	db.SetConnMaxLifetime(250 * time.Millisecond) // new logins all the time
 	db.SetMaxIdleConns(4)
 	l := startLoad(t, db, 16)
-	l.waitQueries(t, 200)
+	l.WaitQueries(t, 200)
 	r.vs.ResetCalls()
 	remove := r.vs.Inject(vaulttest.OpAny, vaulttest.Fault{Kind: vaulttest.FaultError, Status: 503})
 	if _, err := c.Refresh(context.Background()); !errors.Is(err, pgsecrets.ErrStoreUnavailable) {
@@ -170,14 +171,14 @@ func TestVaultDownWhileLeasesValid(t *testing.T) {
 	} else if !strings.Contains(err.Error(), r.vs.URL()) || !strings.Contains(err.Error(), "database/creds/app") {
 		t.Errorf("the error does not name the Vault address and path: %v", err)
 	}
-	start := l.ok.Load()
-	during(5*time.Second, 100*time.Millisecond, func() {})
+	start := l.OK()
+	testkit.During(5*time.Second, 100*time.Millisecond, func() {})
 	calls := r.vs.TotalCalls()
 	remove()
-	l.waitQueries(t, 100)
-	l.assertNoFailures(t)
-	if l.ok.Load()-start < 100 {
-		t.Errorf("only %d queries during the outage", l.ok.Load()-start)
+	l.WaitQueries(t, 100)
+	l.AssertNoFailures(t)
+	if l.OK()-start < 100 {
+		t.Errorf("only %d queries during the outage", l.OK()-start)
 	}
 	// Backoff: a handful of fetches and renewals per second at most.
 	if calls > 40 {
@@ -197,7 +198,7 @@ func TestVaultDownPastLeaseFailsFast(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.vs.Inject(vaulttest.OpAny, vaulttest.Fault{Kind: vaulttest.FaultError, Status: 503})
-	eventually(t, "the lease to end", func() bool { return c.Stats().Expires.Before(time.Now()) })
+	testkit.Eventually(t, "the lease to end", func() bool { return c.Stats().Expires.Before(time.Now()) })
 	db.SetMaxIdleConns(0) // no pooled connection left to reuse
 	err := db.Ping()
 	if !errors.Is(err, pgsecrets.ErrStoreUnavailable) {

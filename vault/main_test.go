@@ -1,11 +1,8 @@
 package vault_test
 
 import (
-	"bytes"
 	"context"
-	"crypto/rand"
 	"database/sql"
-	"encoding/hex"
 	"fmt"
 	"log/slog"
 	"os"
@@ -13,10 +10,10 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/pgsecrets/pgsecrets"
 	"github.com/pgsecrets/pgsecrets/internal/testdb"
+	"github.com/pgsecrets/pgsecrets/internal/testkit"
 	_ "github.com/pgsecrets/pgsecrets/vault"
 	"github.com/pgsecrets/pgsecrets/vault/vaulttest"
 )
@@ -36,7 +33,7 @@ type vrig struct {
 	t      *testing.T
 	pg     *testdb.Cluster
 	vs     *vaulttest.Server
-	logs   *syncBuffer
+	logs   *testkit.SyncBuffer
 	logger *slog.Logger
 	// secrets the logs must never contain
 	mu      sync.Mutex
@@ -47,7 +44,7 @@ var seq atomic.Int64
 
 func newVRig(t *testing.T) *vrig {
 	t.Helper()
-	r := &vrig{t: t, pg: testdb.Shared(t), vs: vaulttest.Start(t), logs: &syncBuffer{}}
+	r := &vrig{t: t, pg: testdb.Shared(t), vs: vaulttest.Start(t), logs: &testkit.SyncBuffer{}}
 	r.logger = slog.New(slog.NewTextHandler(r.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	r.hide(r.vs.RootToken())
 	t.Setenv("VAULT_TOKEN", r.vs.RootToken())
@@ -107,7 +104,7 @@ func (r *vrig) open(dsn string) (*sql.DB, *pgsecrets.Connector) {
 // role creates a login role with a random password in the shared cluster.
 func (r *vrig) role() (name, password string) {
 	name = fmt.Sprintf("vapp_%d_%d", os.Getpid(), seq.Add(1))
-	password = randomPassword()
+	password = testkit.RandomPassword()
 	if err := r.pg.CreateRole(context.Background(), name, password); err != nil {
 		r.t.Fatal(err)
 	}
@@ -116,122 +113,12 @@ func (r *vrig) role() (name, password string) {
 	return name, password
 }
 
-func randomPassword() string {
-	b := make([]byte, 12)
-	_, _ = rand.Read(b)
-	return "pw-" + hex.EncodeToString(b)
-}
-
-// load runs SELECT 1 in a loop from n goroutines.
-type load struct {
-	ok, failed atomic.Int64
-	mu         sync.Mutex
-	firstErrs  []string
-	stop       chan struct{}
-	wg         sync.WaitGroup
-}
-
-func startLoad(t *testing.T, db *sql.DB, n int) *load {
-	l := &load{stop: make(chan struct{})}
-	for i := 0; i < n; i++ {
-		l.wg.Add(1)
-		go func() {
-			defer l.wg.Done()
-			for {
-				select {
-				case <-l.stop:
-					return
-				default:
-				}
-				var one int
-				if err := db.QueryRow("SELECT 1").Scan(&one); err != nil {
-					l.failed.Add(1)
-					l.mu.Lock()
-					if len(l.firstErrs) < 5 {
-						l.firstErrs = append(l.firstErrs, err.Error())
-					}
-					l.mu.Unlock()
-					continue
-				}
-				l.ok.Add(1)
-			}
-		}()
-	}
-	t.Cleanup(l.halt)
-	return l
-}
-
-func (l *load) halt() {
-	select {
-	case <-l.stop:
-	default:
-		close(l.stop)
-	}
-	l.wg.Wait()
-}
-
-// waitQueries blocks until the load has run n more successful queries.
-func (l *load) waitQueries(t *testing.T, n int64) {
-	t.Helper()
-	target := l.ok.Load() + n
-	deadline := time.Now().Add(time.Minute)
-	for l.ok.Load() < target {
-		if time.Now().After(deadline) {
-			l.mu.Lock()
-			defer l.mu.Unlock()
-			t.Fatalf("the load made no progress; errors: %s", strings.Join(l.firstErrs, "\n"))
-		}
-		time.Sleep(5 * time.Millisecond) // polling a counter; no event to wait on
-	}
-}
-
-func (l *load) assertNoFailures(t *testing.T) {
-	t.Helper()
-	l.halt()
-	if f := l.failed.Load(); f != 0 {
-		t.Errorf("%d failed queries (of %d); first errors:\n%s", f, f+l.ok.Load(), strings.Join(l.firstErrs, "\n"))
-	}
-	if l.ok.Load() == 0 {
-		t.Error("no query succeeded")
-	}
-}
-
-// during runs the load for d while polling every step with fn.
-func during(d, step time.Duration, fn func()) {
-	end := time.Now().Add(d)
-	for time.Now().Before(end) {
-		fn()
-		time.Sleep(step) // sampling at an interval is the point
-	}
-}
-
-// eventually polls cond until it holds, failing after a minute.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(time.Minute)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond) // polling state that has no event
-	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+// startLoad runs the standard load: SELECT 1 from n workers through db.
+func startLoad(t *testing.T, db *sql.DB, n int) *testkit.Load {
+	return testkit.Start(t, n, func(ctx context.Context) error {
+		var one int
+		return db.QueryRowContext(ctx, "SELECT 1").Scan(&one)
+	})
 }
 
 func currentUserOf(t *testing.T, db *sql.DB) string {

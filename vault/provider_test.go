@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/pgsecrets/pgsecrets"
+	"github.com/pgsecrets/pgsecrets/internal/testkit"
 	"github.com/pgsecrets/pgsecrets/vault/vaulttest"
 )
 
@@ -27,7 +28,7 @@ func TestStaticRoleRotations(t *testing.T) {
 	db.SetConnMaxLifetime(250 * time.Millisecond)
 	db.SetMaxIdleConns(4)
 	l := startLoad(t, db, 16)
-	l.waitQueries(t, 100)
+	l.WaitQueries(t, 100)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	before := r.vs.StaticRotations("database", "app")
@@ -35,10 +36,10 @@ func TestStaticRoleRotations(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.hide(r.vs.StaticPassword("database", "app"))
-	l.waitQueries(t, 200) // logins work with the latest password
-	l.assertNoFailures(t)
+	l.WaitQueries(t, 200) // logins work with the latest password
+	l.AssertNoFailures(t)
 	st := c.Stats()
-	t.Logf("%d queries, stats %+v, %d static-creds reads", l.ok.Load(), st, r.vs.Calls(vaulttest.OpStaticCreds))
+	t.Logf("%d queries, stats %+v, %d static-creds reads", l.OK(), st, r.vs.Calls(vaulttest.OpStaticCreds))
 	if n := r.vs.Calls(vaulttest.OpStaticCreds); n > 30 {
 		t.Errorf("%d reads of the static role for 3 rotations", n)
 	}
@@ -58,15 +59,15 @@ func TestStaticRoleRotateNow(t *testing.T) {
 	db, c := r.open(r.dsn("database/static-creds/app", ""))
 	db.SetConnMaxLifetime(250 * time.Millisecond)
 	l := startLoad(t, db, 16)
-	l.waitQueries(t, 100)
+	l.WaitQueries(t, 100)
 	for i := 0; i < 3; i++ {
 		if err := r.vs.RotateStaticRole("database", "app"); err != nil {
 			t.Fatal(err)
 		}
 		r.hide(r.vs.StaticPassword("database", "app"))
-		l.waitQueries(t, 200)
+		l.WaitQueries(t, 200)
 	}
-	l.assertNoFailures(t)
+	l.AssertNoFailures(t)
 	if c.Stats().AuthRecovered == 0 {
 		t.Error("no login recovered, so the rotations were not exercised")
 	}
@@ -82,18 +83,18 @@ func TestKVWrongOrder(t *testing.T) {
 	db.SetConnMaxLifetime(250 * time.Millisecond)
 	db.SetMaxIdleConns(4)
 	l := startLoad(t, db, 16)
-	l.waitQueries(t, 100)
+	l.WaitQueries(t, 100)
 	for i := 0; i < 2; i++ {
-		next := randomPassword()
+		next := testkit.RandomPassword()
 		r.hide(next)
 		if err := r.pg.SetPassword(context.Background(), user, next); err != nil {
 			t.Fatal(err)
 		}
 		time.Sleep(time.Second) // the wrong order: the store catches up a second later
 		r.vs.PutKV("secret", "app/db", map[string]any{"username": user, "password": next})
-		l.waitQueries(t, 200)
+		l.WaitQueries(t, 200)
 	}
-	l.assertNoFailures(t)
+	l.AssertNoFailures(t)
 	st := c.Stats()
 	if st.VersionID != "3" {
 		t.Errorf("version %q in use, want KV version 3", st.VersionID)
@@ -112,7 +113,7 @@ func TestAppRoleReloginUnderLoad(t *testing.T) {
 	os.Unsetenv("VAULT_TOKEN") // t.Setenv registered its restore
 	r.vs.SetPolicy("app", "database/creds/app")
 	r.vs.AddDatabaseRole("database", "app", vaulttest.DatabaseRole{DB: admin, TTL: 30 * time.Second, MaxTTL: time.Minute})
-	secretID := "sid-" + randomPassword()
+	secretID := "sid-" + testkit.RandomPassword()
 	r.hide(secretID)
 	r.vs.AddAppRole("approle", "app", "role-app", secretID, vaulttest.TokenOptions{TTL: 3 * time.Second, MaxTTL: 6 * time.Second, Renewable: true, Policies: []string{"app"}})
 	file := filepath.Join(t.TempDir(), "secret-id")
@@ -123,9 +124,9 @@ func TestAppRoleReloginUnderLoad(t *testing.T) {
 	db.SetConnMaxLifetime(250 * time.Millisecond)
 	db.SetMaxIdleConns(4)
 	l := startLoad(t, db, 16)
-	l.waitQueries(t, 100)
-	during(14*time.Second, 100*time.Millisecond, func() {})
-	l.assertNoFailures(t)
+	l.WaitQueries(t, 100)
+	testkit.During(14*time.Second, 100*time.Millisecond, func() {})
+	l.AssertNoFailures(t)
 	if n := r.vs.Logins("approle"); n < 2 {
 		t.Errorf("%d AppRole logins in 14 s of 6 s tokens", n)
 	}
@@ -165,7 +166,7 @@ func TestTokenCannotRenewFailsBeforeEnd(t *testing.T) {
 		t.Errorf("the lease ends in %s, beyond its token's end", time.Until(exp))
 	}
 	var err error
-	eventually(t, "the token error", func() bool {
+	testkit.Eventually(t, "the token error", func() bool {
 		_, err = c.Refresh(context.Background())
 		return err != nil
 	})
@@ -194,11 +195,11 @@ func TestTokenRenewed(t *testing.T) {
 	db, _ := r.open(r.dsn("database/creds/app", ""))
 	db.SetConnMaxLifetime(250 * time.Millisecond)
 	l := startLoad(t, db, 4)
-	l.waitQueries(t, 50)
-	eventually(t, "two token renewals", func() bool { return r.vs.Calls(vaulttest.OpTokenRenew) >= 2 })
-	during(3*time.Second, 100*time.Millisecond, func() {}) // past the token's first TTL
-	l.waitQueries(t, 50)
-	l.assertNoFailures(t)
+	l.WaitQueries(t, 50)
+	testkit.Eventually(t, "two token renewals", func() bool { return r.vs.Calls(vaulttest.OpTokenRenew) >= 2 })
+	testkit.During(3*time.Second, 100*time.Millisecond, func() {}) // past the token's first TTL
+	l.WaitQueries(t, 50)
+	l.AssertNoFailures(t)
 }
 
 // Errors are classified, name the address and path, and carry no token.

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/pgsecrets/pgsecrets"
+	"github.com/pgsecrets/pgsecrets/internal/testkit"
 	"github.com/pgsecrets/pgsecrets/vault/vaulttest"
 )
 
@@ -24,7 +25,7 @@ func TestNothingPrintsVaultSecrets(t *testing.T) {
 	tok := r.vs.CreateToken(vaulttest.TokenOptions{TTL: time.Hour, Renewable: true, Policies: []string{"root"}})
 	r.hide(tok)
 	t.Setenv("VAULT_TOKEN", tok)
-	secretID := "sid-" + randomPassword()
+	secretID := "sid-" + testkit.RandomPassword()
 	r.hide(secretID)
 	r.vs.AddAppRole("approle", "app", "role-app", secretID, vaulttest.TokenOptions{TTL: time.Hour, Policies: []string{"root"}})
 	file := filepath.Join(t.TempDir(), "sid")
@@ -60,7 +61,7 @@ func TestNothingPrintsVaultSecrets(t *testing.T) {
 			remove()
 		}
 		// A fresh lease once Vault answers again: the old one is revoked.
-		eventually(t, "a lease replaced", func() bool {
+		testkit.Eventually(t, "a lease replaced", func() bool {
 			_, err := c.Refresh(context.Background())
 			note(err)
 			return err == nil && c.Stats().LeaseRevocations > 0
@@ -81,7 +82,7 @@ func TestNothingPrintsVaultSecrets(t *testing.T) {
 		t.Errorf("bad AppRole secret id: %v", err)
 	}
 	note(err)
-	t.Setenv("VAULT_TOKEN", "hvs.not-a-token-"+randomPassword())
+	t.Setenv("VAULT_TOKEN", "hvs.not-a-token-"+testkit.RandomPassword())
 	r.hide(os.Getenv("VAULT_TOKEN"))
 	db, _ = r.open(r.dsn("database/creds/app", ""))
 	err = db.Ping()
