@@ -168,15 +168,21 @@ func (p *fileProvider) Fetch(ctx context.Context, stage string) (*Credentials, e
 			}
 			return nil, p.badErr
 		}
-		creds, err := p.read(st, stage)
-		// Compare with a second stat: content read while a writer swapped
-		// files may mix two versions, and must not be remembered under
-		// either version's stamp.
-		after, serr := p.stat(stage)
-		if serr != nil {
-			return nil, serr
+		creds, got, err := p.read(st, stage)
+		changed := errors.Is(err, errChangedWhileRead)
+		if !changed && st.dir {
+			// Compare with a second stat: files read while a writer swapped
+			// them may mix two versions, and must not be remembered under
+			// either version's stamp. (A single file is stamped from the
+			// descriptor it was read through, so a rename over it while
+			// reading cannot mix anything.)
+			after, serr := p.stat(stage)
+			if serr != nil {
+				return nil, serr
+			}
+			changed = !after.equal(st)
 		}
-		if !after.equal(st) {
+		if changed {
 			if attempt < maxReadAttempts {
 				continue
 			}
@@ -186,7 +192,7 @@ func (p *fileProvider) Fetch(ctx context.Context, stage string) (*Credentials, e
 		}
 		var se *SecretError
 		if err != nil && errors.As(err, &se) && se.Kind == ErrMalformedSecret {
-			p.bad, p.badErr = &st, err
+			p.bad, p.badErr = &got, err
 			if p.good == nil {
 				return nil, err
 			}
@@ -197,7 +203,7 @@ func (p *fileProvider) Fetch(ctx context.Context, stage string) (*Credentials, e
 		if err != nil {
 			return nil, err
 		}
-		p.good, p.goodStamp, p.bad, p.badErr = creds, st, nil, nil
+		p.good, p.goodStamp, p.bad, p.badErr = creds, got, nil, nil
 		return creds, nil
 	}
 }
@@ -283,27 +289,24 @@ func devIno(fi fs.FileInfo) (dev, ino uint64) {
 }
 
 // read reads and parses the content stamped st.
-func (p *fileProvider) read(st fileStamp, stage string) (*Credentials, error) {
+// read reads and parses the files st stamps. It returns the stamp of what
+// it read: for a single file, that of the descriptor it read through.
+func (p *fileProvider) read(st fileStamp, stage string) (*Credentials, fileStamp, error) {
 	fileReads.Add(1)
 	var (
 		creds   *Credentials
 		version string
 	)
-	newest := int64(0)
-	for _, f := range st.files {
-		if f.present {
-			newest = max(newest, f.mtime)
-		}
-	}
 	if !st.dir {
 		f := st.files[0]
 		if !f.regular {
-			return nil, p.malformed(stage, "", p.path+" is neither a regular file nor a directory", "")
+			return nil, st, p.malformed(stage, "", p.path+" is neither a regular file nor a directory", "")
 		}
-		data, err := p.readFile(stage, p.path, f.size)
+		data, fst, err := p.readFile(stage, p.path, f.size)
 		if err != nil {
-			return nil, err
+			return nil, st, err
 		}
+		st = fileStamp{files: []fileStat{fst}}
 		creds, err = ParseSecret(p.secretID, string(data), p.usernameKey, p.passwordKey)
 		if err != nil {
 			var se *SecretError
@@ -311,20 +314,26 @@ func (p *fileProvider) read(st fileStamp, stage string) (*Credentials, error) {
 				se.Stage = stage
 				se.Detail = p.path + ": " + se.Detail
 			}
-			return nil, err
+			return nil, st, err
 		}
 		version = contentVersion(data)
 	} else {
 		var err error
 		if creds, version, err = p.readDir(st, stage); err != nil {
-			return nil, err
+			return nil, st, err
+		}
+	}
+	newest := int64(0)
+	for _, f := range st.files {
+		if f.present {
+			newest = max(newest, f.mtime)
 		}
 	}
 	creds.VersionID, creds.Stage = version, stage
 	if newest != 0 {
 		creds.CreatedAt = time.Unix(0, newest)
 	}
-	return creds, nil
+	return creds, st, nil
 }
 
 // readDir reads a directory's field files.
@@ -343,7 +352,7 @@ func (p *fileProvider) readDir(st fileStamp, stage string) (*Credentials, string
 		case !f.regular:
 			return nil, "", p.malformed(stage, f.name, path+" is not a regular file", "")
 		}
-		data, err := p.readFile(stage, path, f.size)
+		data, _, err := p.readFile(stage, path, f.size) // the directory is re-stamped after reading
 		if err != nil {
 			return nil, "", err
 		}
@@ -371,26 +380,44 @@ func (p *fileProvider) readDir(st fileStamp, stage string) (*Credentials, string
 
 // readFile reads one file, refusing more than Secrets Manager's limit so
 // that a wrong path (a log file, a device) cannot exhaust memory.
-func (p *fileProvider) readFile(stage, path string, size int64) ([]byte, error) {
+// errChangedWhileRead is readFile's answer when the file changed in place
+// while it was read (a truncate-and-write in progress).
+var errChangedWhileRead = errors.New("pgsecrets: the file changed while it was read")
+
+// readFile reads path and returns its content with the stamp of the
+// descriptor it was read through.
+func (p *fileProvider) readFile(stage, path string, size int64) ([]byte, fileStat, error) {
 	tooBig := func() error {
 		return p.malformed(stage, "", fmt.Sprintf("%s is over the limit of %d bytes", path, maxSecretSize), "")
 	}
 	if size > maxSecretSize {
-		return nil, tooBig()
+		return nil, fileStat{}, tooBig()
 	}
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, p.ioError(stage, err)
+		return nil, fileStat{}, p.ioError(stage, err)
 	}
 	defer f.Close()
+	before, err := f.Stat()
+	if err != nil {
+		return nil, fileStat{}, p.ioError(stage, err)
+	}
 	data, err := io.ReadAll(io.LimitReader(f, maxSecretSize+1))
 	if err != nil {
-		return nil, p.ioError(stage, err)
+		return nil, fileStat{}, p.ioError(stage, err)
+	}
+	after, err := f.Stat()
+	if err != nil {
+		return nil, fileStat{}, p.ioError(stage, err)
+	}
+	st := statOf("", after)
+	if st != statOf("", before) {
+		return nil, st, errChangedWhileRead
 	}
 	if len(data) > maxSecretSize {
-		return nil, tooBig()
+		return nil, st, tooBig()
 	}
-	return data, nil
+	return data, st, nil
 }
 
 // trimNewline drops one trailing "\n" or "\r\n", which editors and
