@@ -28,6 +28,7 @@ type awsProvider struct {
 	usernameKey string
 	passwordKey string
 	cacheKey    string
+	endpoint    string // the custom endpoint in use; "" for AWS's own
 }
 
 func init() {
@@ -41,7 +42,8 @@ func newAWSProvider(ctx context.Context, cfg *Config) (Provider, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &awsProvider{client: client, secretID: cfg.SecretID, usernameKey: cfg.UsernameKey, passwordKey: cfg.PasswordKey}
+	p := &awsProvider{client: client, secretID: cfg.SecretID, usernameKey: cfg.UsernameKey, passwordKey: cfg.PasswordKey,
+		endpoint: customEndpoint(client)}
 	// Connectors share a cache only if they reach the same store.
 	p.cacheKey = "sdk:" + client.Options().Region + "|" + cfg.Endpoint + "|" +
 		os.Getenv("AWS_ENDPOINT_URL_SECRETS_MANAGER") + "|" + os.Getenv("AWS_ENDPOINT_URL")
@@ -89,7 +91,24 @@ func NewSecretsManagerClient(ctx context.Context, cfg *Config) (*secretsmanager.
 // it with cfg.UsernameKey and cfg.PasswordKey. Its errors are *SecretError
 // values of the kinds documented in errors.go, with hints.
 func NewSecretsManagerProvider(client SecretsManagerClient, cfg *Config) Provider {
-	return &awsProvider{client: client, secretID: cfg.SecretID, usernameKey: cfg.UsernameKey, passwordKey: cfg.PasswordKey}
+	return &awsProvider{client: client, secretID: cfg.SecretID, usernameKey: cfg.UsernameKey, passwordKey: cfg.PasswordKey,
+		endpoint: customEndpoint(client)}
+}
+
+// customEndpoint is the endpoint override the SDK resolved (secret_endpoint,
+// AWS_ENDPOINT_URL_SECRETS_MANAGER, AWS_ENDPOINT_URL, shared config), read
+// back from the client so that every source is covered; "" for AWS's own
+// endpoint, or a client that is not the SDK's.
+func customEndpoint(client SecretsManagerClient) string {
+	if c, ok := client.(*secretsmanager.Client); ok {
+		return aws.ToString(c.Options().BaseEndpoint)
+	}
+	return ""
+}
+
+// StoreEndpoint implements Endpointer.
+func (p *awsProvider) StoreEndpoint() StoreEndpoint {
+	return StoreEndpoint{Store: "AWS Secrets Manager", URL: p.endpoint}
 }
 
 // Fetch reads the secret at stage.

@@ -3,7 +3,7 @@ package pgsecrets
 // Log events. pgsecrets logs through log/slog with these messages (stable:
 // match on them) and only these attributes: secret_id, stage, version_id,
 // previous_version_id, sqlstate, error_kind, user, host, dbname, lease_id,
-// reason, durations and counts, and for lease events error (the store's
+// store, reason, durations and counts, and for lease events error (the store's
 // error message, which names the store and the path, never a credential).
 // No attribute ever holds a password or a token.
 const (

@@ -23,7 +23,11 @@
 // The address, TLS and namespace settings come from the environment as in
 // the Vault CLI (VAULT_ADDR, VAULT_CACERT, VAULT_CAPATH, VAULT_SKIP_VERIFY,
 // VAULT_NAMESPACE, VAULT_CLIENT_CERT/KEY); secret_endpoint overrides the
-// address and secret_vault_namespace the namespace. Authentication is
+// address (VAULT_ADDR and VAULT_AGENT_ADDR) and secret_vault_namespace the
+// namespace, which every request carries, logins included. An address over
+// plain http to a host other than loopback, or VAULT_SKIP_VERIFY toward one,
+// is logged once per connector as pgsecrets.EventUnprotectedStore: the
+// requests carry the token and the answers the password. Authentication is
 // chosen with secret_vault_auth:
 //
 //   - token (default): VAULT_TOKEN, else the CLI's token file
@@ -51,6 +55,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -90,8 +95,12 @@ const (
 
 // provider reads one Vault path.
 type provider struct {
-	client      *api.Client
-	addr        string
+	client *api.Client
+	// loginClient sends logins: no token, the namespace of client.
+	loginClient *api.Client
+	addr        string // for errors and logs: no userinfo
+	rawAddr     string // where requests go
+	skipVerify  bool
 	namespace   string
 	path        string
 	kind        kind
@@ -124,6 +133,9 @@ func newProvider(ctx context.Context, cfg *pgsecrets.Config) (pgsecrets.Provider
 	}
 	if cfg.Endpoint != "" {
 		vc.Address = cfg.Endpoint
+		// vault/api prefers VAULT_AGENT_ADDR to the address; the DSN is
+		// more specific than the environment.
+		vc.AgentAddress = ""
 	}
 	// pgsecrets paces, hedges and backs off store calls itself; the
 	// client's own retries would only multiply requests to a failing Vault.
@@ -132,13 +144,29 @@ func newProvider(ctx context.Context, cfg *pgsecrets.Config) (pgsecrets.Provider
 	if err != nil {
 		return nil, &pgsecrets.DSNError{Key: "secret_endpoint", Msg: "cannot build a Vault client for this address", Err: err}
 	}
-	p := &provider{client: client, addr: vc.Address, path: strings.Trim(cfg.SecretID, "/"),
+	raw := vc.Address
+	if vc.AgentAddress != "" {
+		raw = vc.AgentAddress
+	}
+	p := &provider{client: client, addr: withoutUserinfo(raw), rawAddr: raw, path: strings.Trim(cfg.SecretID, "/"),
 		usernameKey: cfg.UsernameKey, passwordKey: cfg.PasswordKey}
+	if tr, ok := vc.HttpClient.Transport.(*http.Transport); ok && tr.TLSClientConfig != nil {
+		p.skipVerify = tr.TLSClientConfig.InsecureSkipVerify
+	}
 	param := func(k string) string { v, _ := cfg.ProviderParam(k); return v }
 	if ns := param(KeyNamespace); ns != "" {
 		client.SetNamespace(ns)
 	}
 	p.namespace = client.Namespace()
+	// Clone would drop the namespace header (and NewClient, which it
+	// calls, reads VAULT_NAMESPACE again, which the DSN may override): a
+	// login would then reach the root namespace, or another one.
+	if p.loginClient, err = client.CloneWithHeaders(); err != nil {
+		return nil, &pgsecrets.DSNError{Key: "secret_endpoint", Msg: "cannot build a Vault client for this address", Err: err}
+	}
+	// NewClient also reads VAULT_TOKEN; a login carries no token (the old
+	// one may have expired).
+	p.loginClient.ClearToken()
 	segs := strings.Split(p.path, "/")
 	idx := func(word string) int {
 		for i := 1; i < len(segs)-1; i++ {
@@ -525,20 +553,15 @@ func (p *provider) login(ctx context.Context) error {
 		}
 		body["role"], body["jwt"] = p.role, strings.TrimSpace(string(b))
 	}
-	// Logins go out without a token (an old one may be expired).
-	lc, err := p.client.Clone()
-	if err != nil {
-		return p.errorf(pgsecrets.ErrStoreUnavailable, "cannot clone the Vault client", "")
-	}
-	lc.ClearToken()
-	sec, err := lc.Logical().WriteWithContext(ctx, "auth/"+p.authMount+"/login", body)
+	sec, err := p.loginClient.Logical().WriteWithContext(ctx, "auth/"+p.authMount+"/login", body)
 	if err != nil {
 		err = p.classify("logging in ("+p.auth+" at auth/"+p.authMount+") for", err)
 		var se *pgsecrets.SecretError
-		if errors.As(err, &se) && se.Kind == pgsecrets.ErrSecretNotFound {
-			// Vault answers a rejected login with 400.
+		if errors.As(err, &se) && (se.Kind == pgsecrets.ErrSecretNotFound || se.Kind == pgsecrets.ErrAccessDenied) {
+			// Vault answers a rejected login with 400, and one sent to a
+			// namespace without this auth mount with 403.
 			se.Kind = pgsecrets.ErrAccessDenied
-			se.Hint = "Vault rejected the login: check " + KeyRoleID + " and the secret id file for AppRole, " + KeyRole + " and the service account token for Kubernetes, and the auth mount"
+			se.Hint = "Vault rejected the login: check " + KeyRoleID + " and the secret id file for AppRole, " + KeyRole + " and the service account token for Kubernetes, the auth mount, and the namespace (" + KeyNamespace + " or VAULT_NAMESPACE)"
 		}
 		return err
 	}
@@ -557,6 +580,27 @@ func (p *provider) login(ctx context.Context) error {
 		p.tokenEnd = time.Now().Add(p.tokenTTL)
 	}
 	return nil
+}
+
+// StoreEndpoint implements pgsecrets.Endpointer: requests carry the token,
+// answers the password.
+func (p *provider) StoreEndpoint() pgsecrets.StoreEndpoint {
+	ep := pgsecrets.StoreEndpoint{Store: "Vault", URL: p.rawAddr}
+	if p.skipVerify {
+		ep.SkipVerify = "VAULT_SKIP_VERIFY"
+	}
+	return ep
+}
+
+// withoutUserinfo drops a user and password from an address, which errors
+// and Describe show.
+func withoutUserinfo(addr string) string {
+	u, err := url.Parse(addr)
+	if err != nil || u.User == nil {
+		return addr
+	}
+	u.User = nil
+	return u.String()
 }
 
 // where names the Vault address, namespace and path, for errors.
