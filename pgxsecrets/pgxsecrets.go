@@ -45,8 +45,8 @@ func init() {
 
 // stdlibEngine logs in with pgx for database/sql (secret_driver=pgx).
 type stdlibEngine struct {
-	base *pgx.ConnConfig
-	cfg  pgsecrets.EngineConfig
+	base    *pgx.ConnConfig
+	targets *targets
 }
 
 func newStdlibEngine(cfg pgsecrets.EngineConfig) (pgsecrets.Engine, error) {
@@ -55,24 +55,15 @@ func newStdlibEngine(cfg pgsecrets.EngineConfig) (pgsecrets.Engine, error) {
 		return nil, &pgsecrets.DSNError{Msg: "pgx rejected the DSN", Err: err}
 	}
 	base.Password = ""
-	return &stdlibEngine{base: base, cfg: cfg}, nil
+	return &stdlibEngine{base: base, targets: newTargets(cfg)}, nil
 }
 
 func (e *stdlibEngine) Connect(ctx context.Context, creds *pgsecrets.Credentials) (driver.Conn, error) {
 	cc := e.base.Copy()
-	setCreds(cc, e.cfg, creds)
-	return stdlib.GetConnector(*cc).Connect(ctx)
-}
-
-// setCreds puts creds into a pgx connection configuration.
-func setCreds(cc *pgx.ConnConfig, ec pgsecrets.EngineConfig, creds *pgsecrets.Credentials) {
-	cc.User = creds.Username
-	cc.Password = creds.Password.Reveal()
-	host, port, db := ec.Apply(creds, cc.Host, cc.Port, cc.Database)
-	if host != cc.Host || port != cc.Port {
-		cc.Fallbacks = nil // the secret names the one server
+	if err := e.targets.setCreds(cc, creds); err != nil {
+		return nil, err
 	}
-	cc.Host, cc.Port, cc.Database = host, port, db
+	return stdlib.GetConnector(*cc).Connect(ctx)
 }
 
 // isPoolKey reports pgxpool's own DSN keys, which the connector must not
@@ -120,7 +111,7 @@ func ParseConfig(dsn string, opts ...pgsecrets.Option) (*pgxpool.Config, error) 
 		return nil, &pgsecrets.DSNError{Msg: "pgx rejected the DSN", Err: err}
 	}
 	pc.ConnConfig.Password = ""
-	c := &state{Config: pc, connector: connector, engine: ec, leases: make(chan struct{})}
+	c := &state{Config: pc, connector: connector, targets: newTargets(ec), leases: make(chan struct{})}
 	c.install()
 	states.Store(pc, c)
 	return pc, nil
@@ -144,7 +135,7 @@ func Connector(cfg *pgxpool.Config) *pgsecrets.Connector {
 type state struct {
 	*pgxpool.Config
 	connector *pgsecrets.Connector
-	engine    pgsecrets.EngineConfig
+	targets   *targets
 	own       hooks // pgsecrets' hooks, as installed
 	userHooks hooks // the user's, run after them
 	leases    chan struct{}
@@ -189,7 +180,9 @@ func (c *state) install() {
 			}
 			a.release = release
 		}
-		setCreds(cc, c.engine, creds)
+		if err := c.targets.setCreds(cc, creds); err != nil {
+			return err
+		}
 		if c.userHooks.beforeConnect != nil {
 			return c.userHooks.beforeConnect(ctx, cc)
 		}
@@ -333,9 +326,11 @@ func (c *state) adoptUserHooks() {
 // the user's differ.
 func ptr(f any) uintptr { return reflect.ValueOf(f).Pointer() }
 
-// quote quotes a DSN value as libpq does.
+// quote quotes a DSN value as libpq does. Any white space separates
+// keys for pgx (tab, newline… not only a space), so a value holding some
+// is quoted: unquoted, a secret's host could add keys of its own.
 func quote(v string) string {
-	if v != "" && !strings.ContainsAny(v, ` '\`) {
+	if v != "" && !strings.ContainsAny(v, " \t\n\v\f\r'\\") {
 		return v
 	}
 	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(v) + "'"
