@@ -10,7 +10,6 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 
@@ -20,42 +19,26 @@ import (
 // loginTimeout bounds one login of the rotation.
 const loginTimeout = 15 * time.Second
 
-// open logs in as s's user, at the database its fields and ConnParams
-// name, and returns a single-connection *sql.DB.
+// open logs in as s's user where s and the operator's settings say (see
+// where), and returns a single-connection *sql.DB.
 func (r *Rotator) open(ctx context.Context, s *secret) (*sql.DB, error) {
-	params := r.opt.ConnParams
-	cfg, err := pq.NewConfig(params)
+	loc, err := r.where(s)
 	if err != nil {
-		return nil, fmt.Errorf("rotate: connection parameters: %w", err)
+		return nil, err
 	}
-	has := func(k string) bool {
-		for _, f := range strings.Fields(params) {
-			if strings.HasPrefix(f, k+"=") {
-				return true
-			}
-		}
-		return false
+	return r.openAt(ctx, loc, s.user(), s.password())
+}
+
+// openAt logs in as user at loc with the operator's TLS settings.
+func (r *Rotator) openAt(ctx context.Context, loc location, user, password string) (*sql.DB, error) {
+	cfg := r.conn.base.Clone()
+	if !r.conn.host {
+		// The operator named no host list: the one host of loc is the only
+		// server.
+		cfg.Host, cfg.Multi = loc.host, nil
 	}
-	if !has("sslmode") {
-		cfg.SSLMode = pq.SSLModeRequire
-	}
-	if h := s.str("host"); h != "" && !has("host") {
-		cfg.Host = h
-	}
-	if d := s.str("dbname"); d != "" && !has("dbname") {
-		cfg.Database = d
-	}
-	if !has("port") {
-		switch p := s.fields["port"].(type) {
-		case float64:
-			cfg.Port = uint16(p)
-		case string:
-			if n, err := strconv.Atoi(p); err == nil {
-				cfg.Port = uint16(n)
-			}
-		}
-	}
-	cfg.User, cfg.Password = s.user(), s.password()
+	cfg.Port, cfg.Database = loc.port, loc.dbname
+	cfg.User, cfg.Password = user, password
 	c, err := pq.NewConnectorConfig(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("rotate: connection parameters: %w", err)
@@ -81,37 +64,66 @@ func authFailed(err error) bool {
 	return errors.As(err, &pe) && (pe.Code == "28P01" || pe.Code == "28000")
 }
 
-// admin opens a session that may change user's password: the admin whose
-// secret masterarn names, else the user itself with current (single user
-// only).
-func (r *Rotator) admin(ctx context.Context, cur *secret) (*sql.DB, string, error) {
-	if arn := cur.str("masterarn"); arn != "" {
-		m, err := r.get(ctx, arn, "", StageCurrent)
-		if err != nil {
-			return nil, "", fmt.Errorf("rotate: reading the admin secret %s: %w", arn, err)
+// adminPlan is who may change the users' passwords, and where: resolved
+// and checked before any login of the step, so that no password of the
+// rotation goes to a server the admin's side has not vouched for.
+type adminPlan struct {
+	secret *secret  // the admin's (masterarn); nil: the user changes its own
+	at     location // where the admin logs in
+}
+
+// planAdmin reads the admin secret named by cur's masterarn and checks
+// that cur names the admin's server. Without masterarn the user changes
+// its own password (single user only).
+func (r *Rotator) planAdmin(ctx context.Context, cur *secret) (adminPlan, error) {
+	arn := cur.str("masterarn")
+	if arn == "" {
+		if r.opt.Strategy == AlternatingUsers {
+			return adminPlan{}, fmt.Errorf("rotate: alternating users need an admin: put the admin secret's ARN in the field masterarn")
 		}
-		// The admin's secret may leave out the database location.
-		for _, k := range []string{"host", "port", "dbname"} {
-			if _, ok := m.fields[k]; !ok {
-				if v, ok := cur.fields[k]; ok {
-					m.fields[k] = v
-				}
-			}
-		}
-		db, err := r.open(ctx, m)
-		if err != nil {
-			return nil, "", fmt.Errorf("rotate: logging in as the admin %s (secret %s): %w", m.user(), arn, err)
-		}
-		return db, m.user(), nil
+		return adminPlan{}, nil
 	}
-	if r.opt.Strategy == AlternatingUsers {
-		return nil, "", fmt.Errorf("rotate: alternating users need an admin: put the admin secret's ARN in the field masterarn")
-	}
-	db, err := r.open(ctx, cur)
+	m, err := r.get(ctx, arn, "", StageCurrent)
 	if err != nil {
-		return nil, "", fmt.Errorf("rotate: logging in as %s with AWSCURRENT to change its password: %w", cur.user(), err)
+		return adminPlan{}, fmt.Errorf("rotate: reading the admin secret %s: %w", arn, err)
 	}
-	return db, cur.user(), nil
+	at, err := r.adminWhere(m, cur)
+	if err != nil {
+		return adminPlan{}, err
+	}
+	if err := r.sameServer(cur, m); err != nil {
+		return adminPlan{}, err
+	}
+	return adminPlan{secret: m, at: at}, nil
+}
+
+// admin opens the plan's session after AWSCURRENT has logged in (when
+// prove is set) and refuses privileged targets among users. Without an
+// admin secret, the user logs in with AWSCURRENT to change its own
+// password: that login is the proof, and no other role is touched.
+func (r *Rotator) admin(ctx context.Context, plan adminPlan, cur *secret, prove bool, users ...string) (*sql.DB, string, error) {
+	m := plan.secret
+	if m == nil {
+		db, err := r.open(ctx, cur)
+		if err != nil {
+			return nil, "", fmt.Errorf("rotate: logging in as %s with AWSCURRENT to change its password: %w", cur.user(), err)
+		}
+		return db, cur.user(), nil
+	}
+	if prove {
+		if err := r.proveCurrent(ctx, cur); err != nil {
+			return nil, "", err
+		}
+	}
+	db, err := r.openAt(ctx, plan.at, m.user(), m.password())
+	if err != nil {
+		return nil, "", fmt.Errorf("rotate: logging in as the admin %s (secret %s) at %s: %w", m.user(), m.id, plan.at.host, err)
+	}
+	if err := r.checkTargets(ctx, db, users...); err != nil {
+		db.Close()
+		return nil, "", err
+	}
+	return db, m.user(), nil
 }
 
 func (r *Rotator) setSecret(ctx context.Context, secretID, token string) (bool, string, error) {
@@ -119,17 +131,24 @@ func (r *Rotator) setSecret(ctx context.Context, secretID, token string) (bool, 
 	if err != nil {
 		return false, "", fmt.Errorf("rotate: reading the pending version: %w", err)
 	}
+	cur, err := r.get(ctx, secretID, "", StageCurrent)
+	if err != nil {
+		return false, "", err
+	}
+	if err := r.related(cur, pend); err != nil {
+		return false, "", err
+	}
+	plan, err := r.planAdmin(ctx, cur)
+	if err != nil {
+		return false, "", err
+	}
 	if db, err := r.open(ctx, pend); err == nil {
 		db.Close()
 		return false, "the database already accepts the pending credentials of " + pend.user(), nil
 	} else if !authFailed(err) {
 		return false, "", fmt.Errorf("rotate: trying the pending credentials: %w", err)
 	}
-	cur, err := r.get(ctx, secretID, "", StageCurrent)
-	if err != nil {
-		return false, "", err
-	}
-	db, as, err := r.admin(ctx, cur)
+	db, as, err := r.admin(ctx, plan, cur, true, cur.user(), pend.user())
 	if err != nil {
 		return false, "", err
 	}
@@ -180,105 +199,29 @@ func verifier(password string) (string, error) {
 	return fmt.Sprintf("SCRAM-SHA-256$%d:%s$%s:%s", iterations, b64(salt), b64(stored[:]), b64(server)), nil
 }
 
-// syncClone creates clone if needed and gives it what orig has: role
-// attributes that matter for login, memberships, settings, privileges and
-// default privileges granted to orig. The statements are built by the
-// server with format('%I'), so no name is ever spliced into SQL here.
-func syncClone(ctx context.Context, db *sql.DB, orig, clone string) (string, error) {
-	tx, err := db.BeginTx(ctx, nil)
-	if err != nil {
-		return "", err
+// syncClone sets up the alternating pair that cur and pend form, in
+// either direction: the clone a member of the owner, acting as it at
+// login, with the owner's settings, and what the clone owns here given to
+// the owner (see pair.go).
+func syncClone(ctx context.Context, db *sql.DB, cur, pend string) (string, error) {
+	p, ok := pairOf(cur, pend)
+	if !ok {
+		return "", fmt.Errorf("rotate: %s and %s are not an alternating pair (<user> and <user>_clone)", cur, pend)
 	}
-	defer tx.Rollback()
-	var exists bool
-	if err := tx.QueryRowContext(ctx, "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)", clone).Scan(&exists); err != nil {
-		return "", err
-	}
-	created := ""
-	if !exists {
-		if _, err := tx.ExecContext(ctx, "CREATE ROLE "+pq.QuoteIdentifier(clone)+" WITH LOGIN"); err != nil {
-			return "", fmt.Errorf("rotate: creating %s: %w", clone, err)
-		}
-		created = "created role " + clone + "; "
-	}
-	var stmts []string
-	collect := func(what, q string, args ...any) error {
-		rows, err := tx.QueryContext(ctx, q, args...)
-		if err != nil {
-			return fmt.Errorf("rotate: reading the %s of %s: %w", what, orig, err)
-		}
-		defer rows.Close()
-		for rows.Next() {
-			var s string
-			if err := rows.Scan(&s); err != nil {
-				return err
-			}
-			stmts = append(stmts, s)
-		}
-		return rows.Err()
-	}
-	steps := []struct{ what, q string }{
-		// Role attributes the login depends on.
-		{"connection limit and validity", `SELECT format('ALTER ROLE %I CONNECTION LIMIT %s', $2::text, o.rolconnlimit)
-			FROM pg_roles o WHERE o.rolname = $1`},
-		// Memberships: orig's groups, less the pair itself.
-		{"memberships", `SELECT format('GRANT %I TO %I', g.rolname, $2::text)
-			FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid
-			WHERE m.member = (SELECT oid FROM pg_roles WHERE rolname = $1) AND g.rolname <> $2`},
-		{"memberships to drop", `SELECT format('REVOKE %I FROM %I', g.rolname, $2::text)
-			FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid
-			WHERE m.member = (SELECT oid FROM pg_roles WHERE rolname = $2) AND g.rolname <> $1
-			AND g.oid NOT IN (SELECT roleid FROM pg_auth_members WHERE member = (SELECT oid FROM pg_roles WHERE rolname = $1))`},
-		// Database, schema, table/sequence/view and function privileges.
-		{"database privileges", `SELECT format('GRANT %s ON DATABASE %I TO %I', a.privilege_type, d.datname, $2::text)
-			FROM pg_database d, aclexplode(d.datacl) a
-			WHERE a.grantee = (SELECT oid FROM pg_roles WHERE rolname = $1)`},
-		{"schema privileges", `SELECT format('GRANT %s ON SCHEMA %I TO %I', a.privilege_type, n.nspname, $2::text)
-			FROM pg_namespace n, aclexplode(n.nspacl) a
-			WHERE a.grantee = (SELECT oid FROM pg_roles WHERE rolname = $1)`},
-		{"table privileges", `SELECT format('GRANT %s ON %s %I.%I TO %I', a.privilege_type,
-				CASE WHEN c.relkind = 'S' THEN 'SEQUENCE' ELSE 'TABLE' END, n.nspname, c.relname, $2::text)
-			FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace, aclexplode(c.relacl) a
-			WHERE a.grantee = (SELECT oid FROM pg_roles WHERE rolname = $1)`},
-		{"function privileges", `SELECT format('GRANT %s ON FUNCTION %s TO %I', a.privilege_type, p.oid::regprocedure, $2::text)
-			FROM pg_proc p, aclexplode(p.proacl) a
-			WHERE a.grantee = (SELECT oid FROM pg_roles WHERE rolname = $1)`},
-		// Default privileges orig receives on objects others create.
-		{"default privileges", `SELECT format('ALTER DEFAULT PRIVILEGES FOR ROLE %I %s GRANT %s ON %s TO %I',
-				r.rolname, CASE WHEN d.defaclnamespace = 0 THEN '' ELSE format('IN SCHEMA %I', n.nspname) END,
-				a.privilege_type,
-				CASE d.defaclobjtype WHEN 'r' THEN 'TABLES' WHEN 'S' THEN 'SEQUENCES' WHEN 'f' THEN 'FUNCTIONS' WHEN 'T' THEN 'TYPES' ELSE 'SCHEMAS' END,
-				$2::text)
-			FROM pg_default_acl d JOIN pg_roles r ON r.oid = d.defaclrole LEFT JOIN pg_namespace n ON n.oid = d.defaclnamespace,
-				aclexplode(d.defaclacl) a
-			WHERE a.grantee = (SELECT oid FROM pg_roles WHERE rolname = $1)`},
-	}
-	for _, s := range steps {
-		if err := collect(s.what, s.q, orig, clone); err != nil {
-			return "", err
-		}
-	}
-	for _, s := range stmts {
-		if _, err := tx.ExecContext(ctx, s); err != nil {
-			return "", fmt.Errorf("rotate: copying to %s: %q: %w", clone, s, err)
-		}
-	}
-	n, err := syncSettings(ctx, tx, orig, clone)
-	if err != nil {
-		return "", err
-	}
-	if err := tx.Commit(); err != nil {
-		return "", err
-	}
-	return fmt.Sprintf("%scopied %d grants and memberships and %d role settings from %s to %s", created, len(stmts)-1, n, orig, clone), nil
+	return p.setup(ctx, db)
 }
 
 // syncSettings makes clone's role settings (ALTER ROLE … SET, for all
-// databases and per database) those of orig. Each value goes through
-// set_config as a parameter, then ALTER ROLE … SET … FROM CURRENT, so list
-// settings such as search_path keep their shape; SET LOCAL scope keeps
-// them out of the rotation's own session.
-func syncSettings(ctx context.Context, tx *sql.Tx, orig, clone string) (int, error) {
+// databases and per database) those of owner, and reports how many it
+// changed. The exception is role, the setting that makes the clone's
+// logins act as the owner: the clone's is the owner's own (a login role
+// that acts as a group makes its clone act as that group too), else the
+// owner itself. Other values go through set_config as a parameter, then
+// ALTER ROLE … SET … FROM CURRENT, so list settings such as search_path
+// keep their shape; the value set_config returns is the form FROM CURRENT
+// stores, so an unchanged setting is left alone. SET LOCAL scope keeps
+// them out of the rotation's own session once the transaction ends.
+func syncSettings(ctx context.Context, tx *sql.Tx, owner, clone string) (int, error) {
 	type setting struct{ db, name, value string }
 	read := func(role string) ([]setting, error) {
 		rows, err := tx.QueryContext(ctx, `SELECT coalesce(d.datname, ''), split_part(c, '=', 1), substr(c, strpos(c, '=') + 1)
@@ -298,13 +241,25 @@ func syncSettings(ctx context.Context, tx *sql.Tx, orig, clone string) (int, err
 		}
 		return out, rows.Err()
 	}
-	want, err := read(orig)
+	want, err := read(owner)
 	if err != nil {
-		return 0, fmt.Errorf("rotate: reading the role settings of %s: %w", orig, err)
+		return 0, fmt.Errorf("rotate: reading the role settings of %s: %w", owner, err)
 	}
 	have, err := read(clone)
 	if err != nil {
 		return 0, err
+	}
+	global := false
+	for i, w := range want {
+		if w.name == "role" {
+			global = global || w.db == ""
+			if w.value == "none" {
+				want[i].value = owner
+			}
+		}
+	}
+	if !global {
+		want = append(want, setting{name: "role", value: owner})
 	}
 	scope := func(db string) string {
 		if db == "" {
@@ -312,6 +267,7 @@ func syncSettings(ctx context.Context, tx *sql.Tx, orig, clone string) (int, err
 		}
 		return " IN DATABASE " + pq.QuoteIdentifier(db)
 	}
+	changed := 0
 	for _, h := range have {
 		keep := false
 		for _, w := range want {
@@ -321,17 +277,44 @@ func syncSettings(ctx context.Context, tx *sql.Tx, orig, clone string) (int, err
 			if _, err := tx.ExecContext(ctx, "ALTER ROLE "+pq.QuoteIdentifier(clone)+scope(h.db)+" RESET "+pq.QuoteIdentifier(h.name)); err != nil {
 				return 0, err
 			}
+			changed++
 		}
 	}
+	current := func(w setting) (string, bool) {
+		for _, h := range have {
+			if h.db == w.db && h.name == w.name {
+				return h.value, true
+			}
+		}
+		return "", false
+	}
 	for _, w := range want {
-		if _, err := tx.ExecContext(ctx, "SELECT set_config($1, $2, true)", w.name, w.value); err != nil {
-			return 0, fmt.Errorf("rotate: role setting %s of %s: %w", w.name, orig, err)
+		old, had := current(w)
+		if w.name == "role" {
+			// Never through set_config: that would switch this session's
+			// own role.
+			if had && old == w.value {
+				continue
+			}
+			if _, err := tx.ExecContext(ctx, "ALTER ROLE "+pq.QuoteIdentifier(clone)+scope(w.db)+" SET role = "+pq.QuoteIdentifier(w.value)); err != nil {
+				return 0, fmt.Errorf("rotate: making %s's logins act as %s: %w", clone, w.value, err)
+			}
+			changed++
+			continue
+		}
+		var shown string
+		if err := tx.QueryRowContext(ctx, "SELECT set_config($1, $2, true)", w.name, w.value).Scan(&shown); err != nil {
+			return 0, fmt.Errorf("rotate: role setting %s of %s: %w", w.name, owner, err)
+		}
+		if had && old == shown {
+			continue
 		}
 		if _, err := tx.ExecContext(ctx, "ALTER ROLE "+pq.QuoteIdentifier(clone)+scope(w.db)+" SET "+pq.QuoteIdentifier(w.name)+" FROM CURRENT"); err != nil {
 			return 0, fmt.Errorf("rotate: copying role setting %s to %s: %w", w.name, clone, err)
 		}
+		changed++
 	}
-	return len(want), nil
+	return changed, nil
 }
 
 func (r *Rotator) testSecret(ctx context.Context, secretID, token string) (string, error) {
@@ -343,28 +326,28 @@ func (r *Rotator) testSecret(ctx context.Context, secretID, token string) (strin
 	if err != nil {
 		return "", err
 	}
+	if err := r.related(cur, pend); err != nil {
+		return "", err
+	}
+	if _, err := r.planAdmin(ctx, cur); err != nil {
+		return "", err
+	}
 	db, err := r.open(ctx, pend)
 	if err != nil {
 		return "", fmt.Errorf("%w: logging in as %s with AWSPENDING: %w", ErrTestFailed, pend.user(), err)
 	}
 	defer db.Close()
-	var tls bool
-	if err := db.QueryRowContext(ctx, "SELECT coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)").Scan(&tls); err != nil {
+	tls, err := sessionEncrypted(ctx, db)
+	if err != nil {
 		return "", err
 	}
-	if !tls && !strings.Contains(r.opt.ConnParams, "sslmode=disable") {
+	if !tls && !r.conn.plaintext {
 		return "", fmt.Errorf("%w: the session of %s is not encrypted", ErrTestFailed, pend.user())
 	}
-	checked := 0
+	checked, against := 0, cur.user()
 	if cur.user() != pend.user() {
-		missing, n, err := missingPrivileges(ctx, db, cur.user())
-		if err != nil {
+		if checked, against, err = comparePair(ctx, db, cur.user(), pend.user()); err != nil {
 			return "", err
-		}
-		checked = n
-		if len(missing) > 0 {
-			return "", fmt.Errorf("%w: %s lacks privileges %s has: %s (objects owned by %s need a group role owning them, granted to both users)",
-				ErrTestFailed, pend.user(), cur.user(), strings.Join(missing, ", "), cur.user())
 		}
 	}
 	for _, p := range r.opt.Probes {
@@ -376,7 +359,81 @@ func (r *Rotator) testSecret(ctx context.Context, secretID, token string) (strin
 	if !tls {
 		enc = "no TLS (sslmode=disable)"
 	}
-	return fmt.Sprintf("logged in as %s over %s; %d privileges of %s checked; %d probes ran", pend.user(), enc, checked, cur.user(), len(r.opt.Probes)), nil
+	return fmt.Sprintf("logged in as %s over %s; %d privileges of %s checked; %d probes ran", pend.user(), enc, checked, against, len(r.opt.Probes)), nil
+}
+
+// comparePair checks the pending session db of user pend against cur,
+// the user whose credentials the application uses now: the session is who
+// it should be (a clone acts as the owner's logins do), and it may do
+// everything cur's logins may. For a pair that is what they act as (the
+// owner, or the group the owner's logins act as), not cur's own
+// privileges: an owner acting as a group does not use its own. Going back
+// to the owner, what the clone holds by itself (direct grants, other
+// memberships, objects it owns) is checked too, since sessions that acted
+// as the clone, before the pair was set up, may have used it. It reports
+// how many privileges it compared and whose; its error wraps ErrTestFailed
+// when the application would break, saying what is missing and why.
+func comparePair(ctx context.Context, db *sql.DB, cur, pend string) (int, string, error) {
+	p, isPair := pairOf(cur, pend)
+	against := cur
+	var wrong []string
+	if isPair {
+		var err error
+		if wrong, err = p.sessionProblems(ctx, db, pend); err != nil {
+			return 0, "", err
+		}
+		if acting, ok, err := loginRole(ctx, db, cur); err != nil {
+			return 0, "", err
+		} else if ok {
+			against = acting
+		}
+	}
+	missing, n, err := missingPrivileges(ctx, db, against)
+	if err != nil {
+		return 0, "", err
+	}
+	var own []string
+	var owned ownedObjects
+	if isPair && pend == p.owner {
+		if own, err = p.cloneOnly(ctx, db); err != nil {
+			return 0, "", err
+		}
+		if owned, err = p.owned(ctx, db); err != nil {
+			return 0, "", err
+		}
+	}
+	if len(missing) == 0 && len(wrong) == 0 && len(own) == 0 && owned.here == 0 {
+		return n, against, nil
+	}
+	var parts []string
+	if len(missing) > 0 {
+		parts = append(parts, fmt.Sprintf("%s lacks privileges %s has: %s", pend, against, listSome(missing)))
+	}
+	parts = append(parts, wrong...)
+	if len(own) > 0 {
+		parts = append(parts, fmt.Sprintf("%s lacks privileges granted to %s itself: %s; the application had them only in sessions acting as %s "+
+			"(AWS's template, a DBA, or copies an older pgsecrets made): grant them to %s (the clone gets everything %s has through membership), "+
+			"or revoke them from %s if nothing needs them",
+			pend, p.clone, listSome(own), p.clone, p.owner, p.owner, p.clone))
+	}
+	if isPair {
+		why, err := p.problems(ctx, db, pend == p.owner)
+		if err != nil {
+			return 0, "", err
+		}
+		parts = append(parts, why...)
+	}
+	return n, against, fmt.Errorf("%w: %s", ErrTestFailed, strings.Join(parts, "; "))
+}
+
+// listSome joins the first 20 items of a list that may be long.
+func listSome(items []string) string {
+	const shown = 20
+	s := strings.Join(items[:min(len(items), shown)], ", ")
+	if len(items) > shown {
+		s += fmt.Sprintf(", and %d more", len(items)-shown)
+	}
+	return s
 }
 
 // missingPrivileges lists what other may do that the session's user may

@@ -2,6 +2,7 @@ package rotate
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"strings"
 	"time"
@@ -40,6 +41,10 @@ func (s Status) Healthy() bool { return len(s.Problems) == 0 }
 // time to judge against (time.Now() in production).
 func (r *Rotator) Check(ctx context.Context, secretID string, now time.Time) Status {
 	st := Status{SecretID: secretID}
+	if r.connErr != nil {
+		st.Problems = append(st.Problems, r.connErr.Error())
+		return st
+	}
 	vs, err := r.versions(ctx, secretID)
 	if err != nil {
 		st.Problems = append(st.Problems, "cannot describe the secret: "+err.Error())
@@ -73,16 +78,12 @@ func (r *Rotator) Check(ctx context.Context, secretID string, now time.Time) Sta
 	defer db.Close()
 	st.CurrentLogsIn = true
 	// The grant check of testSecret, against the previous user when the
-	// strategy alternates.
+	// strategy alternates, and whether the pair is set up so that both
+	// users work: AWSPREVIOUS's credentials stay valid until the next
+	// rotation, and processes that cached them still use them.
 	if vs.previous != "" {
 		if prev, err := r.get(ctx, secretID, vs.previous, ""); err == nil && prev.user() != cur.user() {
-			missing, _, err := missingPrivileges(ctx, db, prev.user())
-			switch {
-			case err != nil:
-				st.Problems = append(st.Problems, "cannot compare privileges: "+err.Error())
-			case len(missing) > 0:
-				st.Problems = append(st.Problems, fmt.Sprintf("%s lacks privileges %s has: %s", cur.user(), prev.user(), strings.Join(missing, ", ")))
-			}
+			st.Problems = append(st.Problems, checkPair(ctx, db, prev.user(), cur.user())...)
 		}
 	}
 	for _, p := range r.opt.Probes {
@@ -115,4 +116,48 @@ func (r *Rotator) CheckPrefix(ctx context.Context, l Lister, prefix string, now 
 		}
 		in.NextToken = page.NextToken
 	}
+}
+
+// checkPair compares, in cur's session db, what cur's logins may do with
+// what prev's may (for a pair: what their logins act as), and reports a
+// pair whose users would not both work; see pair.problems. With the owner
+// current, what the clone holds by itself is reported too: the owner's
+// sessions lack it.
+func checkPair(ctx context.Context, db *sql.DB, prev, cur string) []string {
+	var out []string
+	p, isPair := pairOf(prev, cur)
+	against := prev
+	if isPair {
+		if acting, ok, err := loginRole(ctx, db, prev); err == nil && ok {
+			against = acting
+		}
+	}
+	missing, _, err := missingPrivileges(ctx, db, against)
+	switch {
+	case err != nil:
+		out = append(out, "cannot compare privileges: "+err.Error())
+	case len(missing) > 0:
+		out = append(out, fmt.Sprintf("%s lacks privileges %s has: %s", cur, against, strings.Join(missing, ", ")))
+	}
+	if !isPair {
+		return out
+	}
+	probs, err := p.problems(ctx, db, true)
+	if err != nil {
+		out = append(out, "cannot check the alternating pair "+p.String()+": "+err.Error())
+	}
+	if cur == p.owner {
+		own, err := p.cloneOnly(ctx, db)
+		if err != nil {
+			out = append(out, "cannot check the alternating pair "+p.String()+": "+err.Error())
+		}
+		if len(own) > 0 {
+			probs = append(probs, fmt.Sprintf("%s lacks privileges granted to %s itself: %s: grant them to %s, or revoke them from %s",
+				cur, p.clone, listSome(own), p.owner, p.clone))
+		}
+	}
+	for _, s := range probs {
+		out = append(out, "alternating pair "+p.String()+": "+s)
+	}
+	return out
 }

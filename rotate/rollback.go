@@ -50,6 +50,9 @@ type RollbackResult struct {
 //
 // dryRun reports the decision without changing anything.
 func (r *Rotator) Rollback(ctx context.Context, secretID string, dryRun bool) (RollbackResult, error) {
+	if r.connErr != nil {
+		return RollbackResult{}, r.connErr
+	}
 	vs, err := r.versions(ctx, secretID)
 	if err != nil {
 		return RollbackResult{}, err
@@ -116,10 +119,30 @@ func (r *Rotator) Rollback(ctx context.Context, secretID string, dryRun bool) (R
 	case prev.Present && secrets[StageCurrent] != nil && secrets[StageCurrent].str("masterarn") != "" && secrets[StagePrevious] != nil:
 		res.Action = fmt.Sprintf("set the password of %s back to AWSPREVIOUS's (version %s) as the admin, and made it AWSCURRENT", prev.User, prev.VersionID)
 		res.Why = "nothing logs in; the admin secret in masterarn can set the previous password back"
+		cs, ps := secrets[StageCurrent], secrets[StagePrevious]
+		// AWSPREVIOUS must be a rotation's: the same user or its
+		// alternate, the same database and admin.
+		if err := r.relatedEitherWay(cs, ps); err != nil {
+			return res, err
+		}
+		if !r.opt.RollbackMaySetPassword {
+			res.Action = ""
+			res.Why = fmt.Sprintf("nothing logs in; the admin could set the password of %s back to AWSPREVIOUS's (version %s), but that makes the database accept "+
+				"a password taken from the secret with nothing to prove a rotation wrote it: allow it explicitly (RollbackMaySetPassword, --set-password) "+
+				"after checking the secret's history, or fix the password by hand", prev.User, prev.VersionID)
+			return res, fmt.Errorf("%w for %s: %s", ErrRollbackRefused, secretID, res.Why)
+		}
 		if dryRun {
 			return res, nil
 		}
-		db, as, err := r.admin(ctx, secrets[StageCurrent])
+		// Nothing logs in, so there is no AWSCURRENT login to prove the
+		// writer; the operator's opt-in stands for it. The admin's location
+		// and the target's privileges are checked as in setSecret.
+		plan, err := r.planAdmin(ctx, cs)
+		if err != nil {
+			return res, err
+		}
+		db, as, err := r.admin(ctx, plan, cs, false, prev.User)
 		if err != nil {
 			return res, err
 		}

@@ -62,7 +62,18 @@ func TestRollbackSetsPreviousBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	prevID, _ := w.stage(rotate.StagePrevious)
+	curID, _ := w.stage(rotate.StageCurrent)
+	// Without the operator's opt-in, a password taken from the secret is
+	// not set: nothing proves a rotation wrote AWSPREVIOUS.
 	res, err := r.Rollback(ctx, w.secretID, false)
+	if !errors.Is(err, rotate.ErrRollbackRefused) || res.Action != "" || !strings.Contains(err.Error(), "RollbackMaySetPassword") {
+		t.Fatalf("rollback without the opt-in: %+v, %v", res, err)
+	}
+	if id, _ := w.stage(rotate.StageCurrent); id != curID {
+		t.Fatalf("a refused rollback moved AWSCURRENT to %s", id)
+	}
+	r = w.rotator(rotate.Options{RollbackMaySetPassword: true})
+	res, err = r.Rollback(ctx, w.secretID, false)
 	if err != nil || !strings.Contains(res.Action, "set the password") {
 		t.Fatalf("rollback: %+v, %v", res, err)
 	}

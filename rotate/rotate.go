@@ -13,24 +13,34 @@
 //     with alternating users, the other username (app ↔ app_clone).
 //   - setSecret makes the database accept it: ALTER ROLE … PASSWORD as the
 //     user itself, or as the admin whose secret the field masterarn names.
-//     With alternating users it creates or updates the other role, copying
-//     the original's role memberships, role settings (search_path,
-//     statement_timeout…), privileges on databases, schemas, tables,
-//     sequences and functions, and default privileges it receives.
+//     With alternating users it first sets up the pair, in either
+//     direction (see below).
 //     pgsecrets sends PostgreSQL a SCRAM-SHA-256 verifier computed here, never
 //     the password, so not even log_statement = 'all' can record it.
 //   - testSecret logs in with AWSPENDING over TLS and checks that it has
 //     every privilege the current credential has (has_*_privilege on each
-//     database, schema, table and sequence), then runs the configured probes
-//     in a read-only transaction: a rotation that would break the
-//     application fails here, before finishSecret.
+//     database, schema, table and sequence) and, with alternating users,
+//     that the session acts as the owner's do, then runs the configured
+//     probes in a read-only transaction: a rotation that would break the
+//     application fails here, before finishSecret, saying what is missing
+//     and why.
 //   - finishSecret moves AWSCURRENT to the token (Secrets Manager moves
 //     AWSPREVIOUS to the old version) and takes AWSPENDING off it.
 //
-// Objects owned by the original user are not usable by the clone (and the
-// other way round) through privileges alone: make a group role own them and
-// grant that role to both users. testSecret reports any privilege the new
-// credential lacks, ownership included.
+// Alternating users are a pair: the owner (app, who typically owns the
+// application's tables, schemas, even its database) and its clone
+// (app_clone). The clone is a member of the owner (GRANT app TO
+// app_clone, with INHERIT), so every privilege of the owner, owner rights
+// and later grants included, reaches it at once; and it logs in acting as
+// the owner (ALTER ROLE app_clone SET role = app), so what its sessions
+// create belongs to the owner and both users can use it at once. Role
+// settings, the connection limit and the default privileges the owner
+// receives are synced; what the clone owns in the secret's database (left
+// by AWS's MultiUser template, which stops at the membership) is given to
+// the owner with REASSIGN OWNED, bounded so that the application's queries
+// are never the ones a lock conflict cancels. Grants belong on the owner:
+// nothing is copied to the clone any more. Check reports a pair whose
+// users would not both work.
 package rotate
 
 import (
@@ -118,10 +128,35 @@ const DefaultExcludeCharacters = `/@"'\`
 type Options struct {
 	// Strategy is SingleUser (default) or AlternatingUsers.
 	Strategy Strategy
-	// ConnParams are lib/pq key=value settings added to, or overriding,
-	// the secret's host, port and dbname: sslmode, sslrootcert, host for a
-	// bastion. sslmode defaults to require, as in the driver.
+	// ConnParams are the operator's settings for every login of the
+	// rotation, in either DSN form (key=value or postgres:// URL), read by
+	// the driver's own parser with lib/pq's PG* environment variables: a
+	// host, port or dbname given here (or in PGHOST…) wins over the
+	// secrets'; sslmode, sslrootcert. Unset, sslmode is verify-full and
+	// sslrootcert the system's roots: name a bundle (RDS's global-bundle.pem)
+	// with sslrootcert. A weaker sslmode is the operator's explicit choice
+	// and is logged when the Rotator is made.
+	//
+	// The admin logs in where the admin secret (masterarn) says, or where
+	// the host here says; never where only the application's secret says.
+	// RDS-managed master secrets hold no host: pin it here.
 	ConnParams string
+	// DatabaseHosts are other names of the admin's database server that an
+	// application secret may carry (a read replica, an instance endpoint,
+	// a proxy). A secret naming any other host than the admin's is refused.
+	DatabaseHosts []string
+	// AllowPrivilegedRoles lets the rotation change roles with SUPERUSER,
+	// CREATEROLE, REPLICATION or BYPASSRLS, members of such roles or of
+	// powerful predefined roles, and the admin itself. Without it they are
+	// refused (ErrRefused): a secret names its user, and whoever can write
+	// the secret should not be able to have the admin reset another
+	// role's password. It is an option, never a field of the secret.
+	AllowPrivilegedRoles bool
+	// RollbackMaySetPassword lets Rollback set AWSPREVIOUS's password back
+	// as the admin when no stage's credentials log in. Off by default:
+	// nothing then proves that AWSPREVIOUS was written by a rotation and not
+	// by someone who wants the database to accept a password they chose.
+	RollbackMaySetPassword bool
 	// PasswordLength (default 32) and ExcludeCharacters (default
 	// DefaultExcludeCharacters; set "-" for none) shape new passwords.
 	PasswordLength    int
@@ -144,9 +179,11 @@ type Options struct {
 // Rotator runs rotation steps for secrets through one Secrets Manager
 // client.
 type Rotator struct {
-	sm  Client
-	opt Options
-	log *slog.Logger
+	sm      Client
+	opt     Options
+	log     *slog.Logger
+	conn    connSettings
+	connErr error // ConnParams that do not parse: every step returns it
 }
 
 // New returns a Rotator.
@@ -164,7 +201,12 @@ func New(client Client, opt Options) *Rotator {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Rotator{sm: client, opt: opt, log: log}
+	r := &Rotator{sm: client, opt: opt, log: log}
+	r.conn, r.connErr = parseConnSettings(opt.ConnParams)
+	if r.connErr == nil {
+		r.warnWeakTLS()
+	}
+	return r
 }
 
 // Result is what one step did.
@@ -188,6 +230,10 @@ var ErrTestFailed = errors.New("pending credentials failed the test")
 func (r *Rotator) Run(ctx context.Context, secretID, token string, step Step) (Result, error) {
 	start := time.Now()
 	res := Result{Step: step}
+	if r.connErr != nil {
+		r.report(secretID, token, res, r.connErr)
+		return res, r.connErr
+	}
 	var err error
 	if r.opt.EnforceContract {
 		var done bool

@@ -277,9 +277,20 @@ func TestAlternatingUsersCarriesPrivilegesOver(t *testing.T) {
 	if !member || !canInsert || !strings.Contains(sp, schema) || !strings.Contains(sp, "public") || timeout != "statement_timeout=5s" {
 		t.Errorf("clone: member of group %v, INSERT on audit %v, %q, %q", member, canInsert, sp, timeout)
 	}
-	// The clone's session resolves unqualified names like the original's.
-	if err := w.login(after); err != nil {
+	// The clone logs in acting as the original, and resolves unqualified
+	// names like it.
+	cs, err := sql.Open("postgres", w.pg.DSN(clone, after["password"].(string), "postgres"))
+	if err != nil {
 		t.Fatal(err)
+	}
+	defer cs.Close()
+	var session, current string
+	var n int
+	if err := cs.QueryRowContext(ctx, "SELECT session_user, current_user, (SELECT count(*) FROM audit)").Scan(&session, &current, &n); err != nil {
+		t.Fatal(err)
+	}
+	if session != clone || current != w.user {
+		t.Errorf("a clone session: session_user %s, current_user %s; want %s, %s", session, current, clone, w.user)
 	}
 
 	// And back: the original gets the pending version, the clone's
@@ -296,13 +307,15 @@ func TestAlternatingUsersCarriesPrivilegesOver(t *testing.T) {
 	l.AssertNoFailures(t)
 }
 
-// A clone that cannot get what the original has (the original owns a
-// table: ownership is not a grant) fails testSecret; AWSCURRENT stays, the
-// application is unaffected.
+// The original user owns a table, which the clone uses through its
+// membership. A DBA who revokes that membership after setSecret breaks the
+// clone: testSecret names what it lacks and why; AWSCURRENT stays, the
+// application is unaffected. Granted again, the rotation completes.
 func TestAlternatingTestSecretFailsOnMissingPrivilege(t *testing.T) {
 	w := newWorld(t, nil)
 	db := w.pg.DB()
 	table := w.user + "_owned"
+	clone := w.user + "_clone"
 	if _, err := db.Exec("CREATE TABLE " + quote(table) + " (id int)"); err != nil {
 		t.Fatal(err)
 	}
@@ -324,13 +337,25 @@ func TestAlternatingTestSecretFailsOnMissingPrivilege(t *testing.T) {
 			t.Fatal(step, err)
 		}
 	}
+	if _, err := db.Exec("REVOKE " + quote(w.user) + " FROM " + quote(clone)); err != nil {
+		t.Fatal(err)
+	}
 	_, err := r.Run(context.Background(), w.secretID, token, rotate.TestSecret)
-	if !errors.Is(err, rotate.ErrTestFailed) || !strings.Contains(err.Error(), table) {
-		t.Fatalf("testSecret: %v, want ErrTestFailed naming %s", err, table)
+	if !errors.Is(err, rotate.ErrTestFailed) || !strings.Contains(err.Error(), "on table public."+table) ||
+		!strings.Contains(err.Error(), clone+" is not a member of "+w.user) || strings.Contains(err.Error(), "group role") {
+		t.Fatalf("testSecret: %v, want ErrTestFailed naming %s and the revoked membership", err, table)
 	}
 	t.Log(err)
 	if id, _ := w.stage(rotate.StageCurrent); id != curID {
 		t.Errorf("AWSCURRENT moved to %s", id)
+	}
+	if _, err := db.Exec("GRANT " + quote(w.user) + " TO " + quote(clone)); err != nil {
+		t.Fatal(err)
+	}
+	for _, step := range []rotate.Step{rotate.TestSecret, rotate.FinishSecret} {
+		if _, err := r.Run(context.Background(), w.secretID, token, step); err != nil {
+			t.Fatal(step, err)
+		}
 	}
 	l.AssertNoFailures(t)
 }

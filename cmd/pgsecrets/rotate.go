@@ -23,16 +23,28 @@ same four steps as a rotation Lambda (createSecret, setSecret, testSecret,
 finishSecret), printing each step with what it changed and how long it took;
 never a password. It works whether or not rotation is enabled on the secret.
 
-The database comes from the secret's host, port and dbname (--dsn adds or
-overrides lib/pq settings: sslmode, sslrootcert, host); the store from the
-AWS SDK's default chain (AWS_REGION, AWS_PROFILE, AWS_ENDPOINT_URL_SECRETS_MANAGER…).
+The database comes from the secret's host, port and dbname (--dsn, in either
+DSN form, and the PG* variables override them and set sslmode, sslrootcert);
+the store from the AWS SDK's default chain (AWS_REGION, AWS_PROFILE,
+AWS_ENDPOINT_URL_SECRETS_MANAGER…). Every login verifies the server
+(sslmode=verify-full against the system's roots, or the bundle sslrootcert
+names) unless --dsn or PGSSLMODE chooses otherwise, which is reported.
 With --strategy alternating the secret's masterarn field names the admin
-secret that may create and change the users.
+secret that may create and change the users. The admin logs in only where
+its own secret or --dsn's host says (RDS-managed master secrets name no host:
+pin it with --dsn "host=…"), after AWSCURRENT has logged in, and never
+changes a privileged role (SUPERUSER, CREATEROLE, REPLICATION, BYPASSRLS,
+members of such roles, the admin itself) without --allow-privileged-role.
 
 Flags:
   --secret-id ID         the secret (name or ARN); required
   --strategy S           single (default) or alternating
-  --dsn PARAMS           lib/pq key=value settings, e.g. "sslmode=verify-full sslrootcert=/etc/rds-ca.pem"
+  --dsn PARAMS           connection settings, e.g. "host=db.internal sslrootcert=/etc/rds-global-bundle.pem"
+  --database-host H      another name of the admin's database that the secret may carry
+                         (a read replica, an instance endpoint, a proxy; repeatable)
+  --allow-privileged-role  let the rotation change a privileged role
+  --set-password         with --rollback: let the admin set AWSPREVIOUS's password back
+                         when nothing logs in (check the secret's history first)
   --probe SQL            a statement the new credentials must be able to run (repeatable)
   --password-length N    default 32
   --exclude-chars S      characters left out of passwords (default /@"'\; "-" for none)
@@ -55,7 +67,8 @@ func runRotate(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		secretID, strategy, dsn, exclude string
 		length                           int
 		dryRun, resume, rollback, asJSON bool
-		probes                           multiFlag
+		probes, dbHosts                  multiFlag
+		allowPrivileged, setPassword     bool
 	)
 	fs.StringVar(&secretID, "secret-id", "", "")
 	fs.StringVar(&strategy, "strategy", "single", "")
@@ -67,6 +80,9 @@ func runRotate(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	fs.BoolVar(&resume, "resume", false, "")
 	fs.BoolVar(&rollback, "rollback", false, "")
 	fs.BoolVar(&asJSON, "json", false, "")
+	fs.Var(&dbHosts, "database-host", "")
+	fs.BoolVar(&allowPrivileged, "allow-privileged-role", false, "")
+	fs.BoolVar(&setPassword, "set-password", false, "")
 	pos, code, ok := parseFlags(fs, args, stdout, stderr, rotateHelp)
 	if !ok {
 		return code
@@ -81,6 +97,8 @@ func runRotate(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		return usageError(stderr, "rotate", "%v", err)
 	case resume && rollback:
 		return usageError(stderr, "rotate", "--resume and --rollback exclude each other")
+	case setPassword && !rollback:
+		return usageError(stderr, "rotate", "--set-password goes with --rollback")
 	case length < 8 || length > 4096:
 		return usageError(stderr, "rotate", "--password-length must be between 8 and 4096")
 	}
@@ -89,8 +107,11 @@ func runRotate(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		fmt.Fprintf(stderr, "pgsecrets rotate: %v\n", err)
 		return exitFail
 	}
+	// Warnings (a weaker sslmode) reach the operator on stderr; the steps
+	// are printed below.
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	r := rotate.New(client, rotate.Options{Strategy: st, ConnParams: dsn, PasswordLength: length, ExcludeCharacters: exclude,
-		Probes: probes, Logger: slog.New(slog.DiscardHandler)})
+		Probes: probes, DatabaseHosts: dbHosts, AllowPrivilegedRoles: allowPrivileged, RollbackMaySetPassword: setPassword, Logger: logger})
 	out := &printer{w: stdout, json: asJSON, rep: map[string]any{"secret_id": secretID}}
 	switch {
 	case rollback:

@@ -2,6 +2,8 @@
 // (runtime provided.al2023, handler "bootstrap"): build it with
 //
 //	GOOS=linux GOARCH=arm64 go build -tags lambda.norpc -o bootstrap ./cmd/rotation
+//
+// It does not start without PGSECRETS_ALLOWED_SECRETS (see README.md).
 package main
 
 import (
@@ -14,9 +16,9 @@ import (
 )
 
 func main() {
-	r, err := lambda.NewRotator(context.Background())
+	h, err := lambda.NewHandler(context.Background())
 	if err != nil {
 		log.Fatal(err)
 	}
-	awslambda.Start(lambda.Handler(r))
+	awslambda.Start(h)
 }
