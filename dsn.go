@@ -1,11 +1,15 @@
 package pgsecrets
 
 import (
+	"encoding/json"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"net/url"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 	"unicode"
@@ -53,8 +57,9 @@ const (
 )
 
 // Config is a parsed pgsecrets DSN: the secret_* settings, and the rest of
-// the DSN as lib/pq will receive it. Printing a Config never shows the
-// DSN's password.
+// the DSN as lib/pq will receive it. Printing a Config (String, any fmt
+// verb, slog, JSON) never shows the DSN's password, sslpassword or an
+// inline private key; FormatDSN, which builds DSNs, carries the last two.
 type Config struct {
 	// SecretID names the secret in its store (secret_id): a Secrets
 	// Manager name or ARN, a Vault path, a file path.
@@ -163,6 +168,11 @@ func ParseDSN(dsn string) (*Config, error) {
 		if err := cfg.setSecretKey(p.Key, p.Value); err != nil {
 			return nil, err
 		}
+	}
+	if k, ok := cfg.param("sslkey"); ok && strings.Contains(k, "-----BEGIN") && !cfg.sslInline() {
+		// lib/pq would take the key for a file name and print it in the
+		// error that it cannot open it.
+		return nil, &DSNError{Key: "sslkey", Msg: "holds a PEM key, but sslinline is not true: set sslinline=true, or give the key file's path"}
 	}
 	info, ok := lookupProvider(cfg.Provider)
 	if !ok {
@@ -292,12 +302,97 @@ func (c *Config) dropParam(k string) {
 }
 
 // FormatDSN formats the configuration back into a key=value DSN that
-// parses to an equivalent Config. A DSN password is written as
-// password=[REDACTED]; the secret's password is used anyway.
-func (c *Config) FormatDSN() string {
+// parses to an equivalent Config: the DSN to build a connector from. It
+// therefore carries every value as it is, secrets of their own included
+// (sslpassword, and sslkey holding a private key inline): do not print or
+// log it; String redacts those. A DSN password is written as
+// password=[REDACTED] by both; the secret's password is used anyway.
+func (c *Config) FormatDSN() string { return c.format(false) }
+
+// String returns the DSN for printing: FormatDSN with the values that are
+// secrets of their own (see secretParam) shown as [REDACTED]. It parses,
+// but to the same Config only when there was nothing to redact. It and
+// the other printing methods take a Config value, so that a Config (as
+// Connector.Config returns) prints through them too, not only a *Config.
+func (c Config) String() string { return c.format(true) }
+
+// GoString makes %#v print the redacted DSN rather than the fields, whose
+// Params hold the values String redacts.
+func (c Config) GoString() string { return "pgsecrets.Config(" + strconv.Quote(c.String()) + ")" }
+
+// Format prints String for every verb (%q quoted, %#v as GoString): fmt's
+// default would print the fields.
+func (c Config) Format(f fmt.State, verb rune) {
+	switch {
+	case verb == 'v' && f.Flag('#'):
+		_, _ = io.WriteString(f, c.GoString())
+	case verb == 'q':
+		_, _ = io.WriteString(f, strconv.Quote(c.String()))
+	default:
+		_, _ = io.WriteString(f, c.String())
+	}
+}
+
+// LogValue makes slog print String.
+func (c Config) LogValue() slog.Value { return slog.StringValue(c.String()) }
+
+// MarshalJSON encodes the exported fields as encoding/json would, with the
+// values String redacts redacted.
+func (c Config) MarshalJSON() ([]byte, error) {
+	type fields Config // without the methods, so that Marshal does not come back here
+	f := fields(c)
+	f.Params = make([]Param, len(c.Params))
+	for i, p := range c.Params {
+		if c.secretParam(p) {
+			p.Value = redacted
+		}
+		f.Params[i] = p
+	}
+	return json.Marshal(f)
+}
+
+// secretParam reports whether a pass-through value is a secret in its own
+// right: sslpassword (the passphrase of an encrypted client key: pgx reads
+// it, lib/pq v1.12.3 does not know it) and sslkey when it holds the key
+// itself rather than its path (lib/pq's sslinline, or PEM text whatever
+// sslinline says: lib/pq then takes it for a path, and names it in the
+// error when it cannot open it).
+func (c *Config) secretParam(p Param) bool {
+	if p.Value == "" {
+		return false
+	}
+	switch p.Key {
+	case "sslpassword":
+		return true
+	case "sslkey":
+		return c.sslInline() || strings.Contains(p.Value, "-----BEGIN")
+	}
+	return false
+}
+
+// sslInline reports whether lib/pq reads sslcert and sslkey as PEM text:
+// sslinline is set to anything but one of lib/pq's spellings of false (an
+// invalid value, which lib/pq rejects, counts as true here).
+func (c *Config) sslInline() bool {
+	v, ok := c.param("sslinline")
+	if !ok {
+		return false
+	}
+	switch v {
+	case "0", "f", "F", "false", "FALSE", "False", "no", "off":
+		return false
+	}
+	return true
+}
+
+func (c *Config) format(redact bool) string {
 	var parts []string
 	for _, p := range c.Params {
-		parts = append(parts, p.Key+"="+quoteValue(p.Value))
+		v := p.Value
+		if redact && c.secretParam(p) {
+			v = redacted
+		}
+		parts = append(parts, p.Key+"="+quoteValue(v))
 	}
 	if !c.Password.IsZero() {
 		parts = append(parts, "password="+redacted)
@@ -311,7 +406,11 @@ func (c *Config) FormatDSN() string {
 	add(keyProvider, c.Provider, c.Provider == DefaultProvider)
 	add(keyDriver, c.Driver, c.Driver == DefaultEngine)
 	add(keyRegion, c.Region, c.Region == "" || c.Region == arnRegion(c.SecretID))
-	add(keyEndpoint, c.Endpoint, c.Endpoint == "")
+	endpoint := c.Endpoint
+	if redact {
+		endpoint = withoutUserinfo(endpoint)
+	}
+	add(keyEndpoint, endpoint, c.Endpoint == "")
 	add(keyVersionStage, c.VersionStage, c.VersionStage == DefaultVersionStage)
 	add(keyTTL, shortDuration(c.TTL), c.TTL == DefaultTTL)
 	add(keyMaxStale, shortDuration(c.MaxStale), c.MaxStale == DefaultMaxStale)
@@ -337,10 +436,6 @@ func shortDuration(d time.Duration) string {
 	}
 	return s
 }
-
-// String returns FormatDSN, so printing a Config shows the DSN with the
-// password redacted.
-func (c *Config) String() string { return c.FormatDSN() }
 
 // pqDSN is the DSN handed to lib/pq: the pass-through keys, never a
 // password, and sslmode=require unless the DSN chose otherwise.
@@ -522,6 +617,23 @@ func parseURL(dsn string) ([]Param, error) {
 }
 
 // redactURLError keeps url's error messages from echoing the input.
+// withoutUserinfo is an endpoint URL for printing: a user or password
+// written into it is replaced, the rest kept.
+func withoutUserinfo(endpoint string) string {
+	u, err := url.Parse(endpoint)
+	if err != nil {
+		if strings.Contains(endpoint, "@") {
+			return redacted
+		}
+		return endpoint
+	}
+	if u.User == nil {
+		return endpoint
+	}
+	u.User = url.User(redacted)
+	return u.String()
+}
+
 func redactURLError(s string) string {
 	if i := strings.IndexByte(s, '"'); i >= 0 {
 		return strings.TrimSpace(s[:i])

@@ -1,9 +1,19 @@
 package pgsecrets
 
 import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
+	"log/slog"
+	"net/url"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -224,6 +234,127 @@ func TestPQDSNKeepsSSLKeys(t *testing.T) {
 	}
 }
 
+// testKeyPEM is a fresh private key in PEM, and the lines of its body.
+func testKeyPEM(t testing.TB) (string, []string) {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))
+	var body []string
+	for _, l := range strings.Split(text, "\n") {
+		if l != "" && !strings.HasPrefix(l, "-----") {
+			body = append(body, l)
+		}
+	}
+	return text, body
+}
+
+// An inline private key and sslpassword never print: not in String, any
+// fmt verb (of a *Config, a Config, or a struct holding them), slog or
+// JSON. FormatDSN and the DSN for the engine keep them, since connectors
+// are built from those.
+func TestInlineKeyNeverPrinted(t *testing.T) {
+	key, body := testKeyPEM(t)
+	// A PEM key without sslinline could never work (lib/pq takes it for a
+	// path, and names it in its error): refused, without the key.
+	if _, err := ParseDSN("host=db secret_id=s sslcert=/c.pem sslkey=" + quoteValue(key)); err == nil ||
+		!strings.Contains(err.Error(), "sslinline") || strings.Contains(err.Error(), body[0]) {
+		t.Errorf("PEM sslkey without sslinline: %v", err)
+	}
+	const passphrase = "key-passphrase-never-printed"
+	for _, tc := range []struct {
+		name, dsn string
+		key       string // sslkey's value
+		pass      bool   // the DSN sets sslpassword
+	}{
+		{"sslinline=true", "host=db secret_id=s sslmode=verify-full sslinline=true sslkey=" + quoteValue(key) + " sslpassword=" + passphrase, key, true},
+		{"URL", "postgres://app@db/x?secret_id=s&sslinline=1&sslkey=" + url.QueryEscape(key), key, false},
+		{"inline, not PEM", "host=db secret_id=s sslinline=yes sslkey=" + body[0], body[0], false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := ParseDSN(tc.dsn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			leaks := func(what, s string) {
+				t.Helper()
+				if strings.Contains(s, "PRIVATE KEY") || strings.Contains(s, passphrase) || strings.Contains(s, tc.key) {
+					t.Errorf("%s shows key material: %s", what, s)
+				}
+				for _, l := range body {
+					if strings.Contains(s, l) {
+						t.Errorf("%s shows a line of the key: %s", what, s)
+						break
+					}
+				}
+			}
+			if s := cfg.String(); !strings.Contains(s, "sslkey="+redacted) || tc.pass != strings.Contains(s, "sslpassword="+redacted) {
+				t.Errorf("String() = %s, want sslkey (and sslpassword) [REDACTED]", s)
+			}
+			holder := struct {
+				C Config
+				P *Config
+			}{*cfg, cfg}
+			for _, verb := range []string{"%v", "%+v", "%#v", "%s", "%q", "%x"} {
+				for _, v := range []any{cfg, *cfg, holder, &holder} {
+					leaks(fmt.Sprintf("%s of %T", verb, v), fmt.Sprintf(verb, v))
+				}
+			}
+			var buf bytes.Buffer
+			for _, h := range []slog.Handler{slog.NewTextHandler(&buf, nil), slog.NewJSONHandler(&buf, nil)} {
+				slog.New(h).Info("x", "cfg", cfg, "value", *cfg)
+			}
+			leaks("slog", buf.String())
+			for _, v := range []any{cfg, *cfg, holder} {
+				js, err := json.Marshal(v)
+				if err != nil {
+					t.Fatal(err)
+				}
+				leaks(fmt.Sprintf("JSON of %T", v), string(js))
+				if !strings.Contains(string(js), `"sslkey","Value":"`+redacted) {
+					t.Errorf("JSON of %T lost the redacted param: %s", v, js)
+				}
+			}
+
+			// What builds connectors keeps the values.
+			again, err := ParseDSN(cfg.FormatDSN())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if v, _ := again.param("sslkey"); v != tc.key {
+				t.Errorf("FormatDSN lost the key: sslkey=%.20q…", v)
+			}
+			if v, _ := again.param("sslpassword"); tc.pass && v != passphrase {
+				t.Errorf("FormatDSN lost sslpassword")
+			}
+			pairs, err := parseKeyValue(cfg.pqDSN(noEnv))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Contains(pairs, Param{"sslkey", tc.key}) {
+				t.Errorf("the DSN for the engine lost the key")
+			}
+		})
+	}
+
+	// A key file's path is not a secret: diagnostics need it.
+	for _, dsn := range []string{"host=db secret_id=s sslkey=/k.pem", "host=db secret_id=s sslinline=false sslkey=/k.pem"} {
+		cfg, err := ParseDSN(dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s := cfg.String(); !strings.Contains(s, "sslkey=/k.pem") {
+			t.Errorf("String() = %s, want the key's path", s)
+		}
+	}
+}
+
 func TestARNRegion(t *testing.T) {
 	for id, want := range map[string]string{
 		"arn:aws:secretsmanager:eu-central-1:123456789012:secret:db-AbCdEf":  "eu-central-1",
@@ -234,5 +365,22 @@ func TestARNRegion(t *testing.T) {
 		if got := arnRegion(id); got != want {
 			t.Errorf("arnRegion(%q) = %q, want %q", id, got, want)
 		}
+	}
+}
+
+// A user or password written into secret_endpoint is not printed; the
+// connector still gets the endpoint as written.
+func TestEndpointUserinfoNeverPrinted(t *testing.T) {
+	cfg, err := ParseDSN("host=db secret_id=s secret_endpoint=https://proxyuser:proxy-pass-never-printed@sm.internal:8443")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{cfg.String(), fmt.Sprintf("%+v", cfg), fmt.Sprintf("%#v", *cfg)} {
+		if strings.Contains(s, "proxy-pass-never-printed") || strings.Contains(s, "proxyuser") || !strings.Contains(s, "sm.internal:8443") {
+			t.Errorf("printed: %s", s)
+		}
+	}
+	if !strings.Contains(cfg.FormatDSN(), "proxy-pass-never-printed") || cfg.Endpoint != "https://proxyuser:proxy-pass-never-printed@sm.internal:8443" {
+		t.Error("FormatDSN or Endpoint lost the endpoint as written")
 	}
 }

@@ -15,9 +15,12 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"slices"
 	"strconv"
+	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -26,6 +29,20 @@ import (
 // cannot be used (half written, not JSON, a field or file missing): the
 // previous credentials are kept until it changes again.
 const EventFileUnusable = "pgsecrets: secret file unusable, keeping previous credentials"
+
+// EventFileWritable is logged at Warn, once per connector, when a secret
+// file (secret_provider=file), or the directory holding it, can be written
+// by its group or by every user (a directory with the sticky bit, such as
+// /tmp, is fine): whoever can write it chooses the credentials, and the
+// host, this process logs in with. The attributes name the path and the
+// mode (and dir and dir_mode for a directory), never the content.
+const EventFileWritable = "pgsecrets: secret file can be changed by other users"
+
+// EventFileReadable is logged at Warn, once per connector, when every user
+// can read a secret file (secret_provider=file), except in a Kubernetes
+// Secret volume (see newFileProvider). The attributes name the path and the
+// mode, never the content.
+const EventFileReadable = "pgsecrets: secret file can be read by every user"
 
 // fileDefaultTTL replaces DefaultTTL for the file provider: a check is one
 // stat per file, so polling often costs nothing and a rewritten file is in
@@ -63,6 +80,18 @@ func init() {
 // then rename it), as Kubernetes does; an in-place rewrite that keeps the
 // size within the file system's timestamp granularity can go unnoticed.
 //
+// Only regular files are read (symbolic links to them are followed): a
+// named pipe, a socket, a device or a directory where a file should be is
+// unusable content, and is never waited on. Each file read is checked for
+// who else may use it, and EventFileWritable or EventFileReadable logged
+// once per connector (connectors that share a path share one provider and
+// its cache, so one warning, through the first connector's logger).
+// Writable by others always warns. Readable by every user warns except in a
+// Kubernetes Secret volume: the kubelet writes those files with the
+// volume's defaultMode, 0644 unless the Pod says otherwise, so the warning
+// would fire for nearly every cluster while the usual reader there is a
+// container of the Pod itself; the volume is recognised by its layout (the
+// file lives in a "..<timestamp>" directory beside a "..data" symlink).
 // The factory only makes the path absolute: a file that does not exist
 // yet is reported by the first Connect, not by NewConnector.
 func newFileProvider(ctx context.Context, cfg *Config) (Provider, error) {
@@ -105,6 +134,8 @@ type fileProvider struct {
 	goodStamp fileStamp
 	bad       *fileStamp // last unusable content, not read again until it changes
 	badErr    error
+
+	warnedWritable, warnedReadable bool
 }
 
 // Unstaged implements Unstaged: files have no version stages.
@@ -117,9 +148,11 @@ func (p *fileProvider) CacheKey() string { return p.path }
 // fileStat is what tells whether one file changed. It is comparable, so
 // stamps compare with slices.Equal.
 type fileStat struct {
-	name     string
-	present  bool
-	regular  bool
+	name    string
+	present bool
+	// mode has the permission bits too: a chmod is read again, so that
+	// a file made writable by others is still warned about.
+	mode     fs.FileMode
 	size     int64
 	mtime    int64 // unix nanoseconds
 	dev, ino uint64
@@ -253,7 +286,7 @@ func (p *fileProvider) stat(stage string) (fileStamp, error) {
 }
 
 func statOf(name string, fi fs.FileInfo) fileStat {
-	s := fileStat{name: name, present: true, regular: fi.Mode().IsRegular(), size: fi.Size(), mtime: fi.ModTime().UnixNano()}
+	s := fileStat{name: name, present: true, mode: fi.Mode(), size: fi.Size(), mtime: fi.ModTime().UnixNano()}
 	s.dev, s.ino = devIno(fi)
 	return s
 }
@@ -299,11 +332,16 @@ func (p *fileProvider) read(st fileStamp, stage string) (*Credentials, fileStamp
 	)
 	if !st.dir {
 		f := st.files[0]
-		if !f.regular {
-			return nil, st, p.malformed(stage, "", p.path+" is neither a regular file nor a directory", "")
+		if !f.mode.IsRegular() {
+			return nil, st, p.malformed(stage, "", p.path+" is "+fileKind(f.mode)+", neither a regular file nor a directory", "")
 		}
-		data, fst, err := p.readFile(stage, p.path, f.size)
+		data, fst, err := p.readFile(stage, "", p.path, f.size)
 		if err != nil {
+			if fst.present {
+				// Remembered as bad under what was opened, not what the
+				// stat before it saw.
+				st = fileStamp{files: []fileStat{fst}}
+			}
 			return nil, st, err
 		}
 		st = fileStamp{files: []fileStat{fst}}
@@ -349,10 +387,10 @@ func (p *fileProvider) readDir(st fileStamp, stage string) (*Credentials, string
 				fmt.Sprintf("the directory must hold files %q and %q", p.usernameKey, p.passwordKey))
 		case !f.present:
 			continue
-		case !f.regular:
-			return nil, "", p.malformed(stage, f.name, path+" is not a regular file", "")
+		case !f.mode.IsRegular():
+			return nil, "", p.malformed(stage, f.name, path+" is "+fileKind(f.mode)+", not a regular file", "")
 		}
-		data, _, err := p.readFile(stage, path, f.size) // the directory is re-stamped after reading
+		data, _, err := p.readFile(stage, f.name, path, f.size) // the directory is re-stamped after reading
 		if err != nil {
 			return nil, "", err
 		}
@@ -385,15 +423,21 @@ func (p *fileProvider) readDir(st fileStamp, stage string) (*Credentials, string
 var errChangedWhileRead = errors.New("pgsecrets: the file changed while it was read")
 
 // readFile reads path and returns its content with the stamp of the
-// descriptor it was read through.
-func (p *fileProvider) readFile(stage, path string, size int64) ([]byte, fileStat, error) {
+// descriptor it was read through. field names the file in a directory's
+// errors.
+func (p *fileProvider) readFile(stage, field, path string, size int64) ([]byte, fileStat, error) {
 	tooBig := func() error {
 		return p.malformed(stage, "", fmt.Sprintf("%s is over the limit of %d bytes", path, maxSecretSize), "")
 	}
 	if size > maxSecretSize {
 		return nil, fileStat{}, tooBig()
 	}
-	f, err := os.Open(path)
+	// The stat that chose to read this file may be stale: a writer can put
+	// a named pipe there in between, and opening a pipe waits for a writer,
+	// forever if none comes (and Close waits for this Fetch). O_NONBLOCK
+	// makes the open return at once; what was opened is then judged by the
+	// descriptor. Reads of a regular file do not block either way.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, fileStat{}, p.ioError(stage, err)
 	}
@@ -402,6 +446,10 @@ func (p *fileProvider) readFile(stage, path string, size int64) ([]byte, fileSta
 	if err != nil {
 		return nil, fileStat{}, p.ioError(stage, err)
 	}
+	if !before.Mode().IsRegular() {
+		return nil, statOf("", before), p.malformed(stage, field, path+" is "+fileKind(before.Mode())+", not a regular file", "")
+	}
+	p.checkAccess(path, before)
 	data, err := io.ReadAll(io.LimitReader(f, maxSecretSize+1))
 	if err != nil {
 		return nil, fileStat{}, p.ioError(stage, err)
@@ -418,6 +466,92 @@ func (p *fileProvider) readFile(stage, path string, size int64) ([]byte, fileSta
 		return nil, st, tooBig()
 	}
 	return data, st, nil
+}
+
+// fileKind names what a mode's type is, for errors.
+func fileKind(m fs.FileMode) string {
+	switch {
+	case m.IsRegular():
+		return "a regular file"
+	case m.IsDir():
+		return "a directory"
+	case m&fs.ModeNamedPipe != 0:
+		return "a named pipe (FIFO)"
+	case m&fs.ModeSocket != 0:
+		return "a socket"
+	case m&fs.ModeCharDevice != 0:
+		return "a character device"
+	case m&fs.ModeDevice != 0:
+		return "a block device"
+	case m&fs.ModeSymlink != 0:
+		return "a symbolic link"
+	}
+	return "an irregular file"
+}
+
+// checkAccess warns, once per provider and kind, when users other than
+// the owner can change or read the secret file at path; fi is the fstat of
+// the descriptor it was read through. A directory that others can write
+// lets them rename another file over it, so the file's own directory, and
+// that of the name it was reached by, count too.
+func (p *fileProvider) checkAccess(path string, fi fs.FileInfo) {
+	// On Windows the mode bits are made up from the read-only attribute:
+	// they say nothing about who can read or write.
+	if runtime.GOOS == "windows" || (p.warnedWritable && p.warnedReadable) {
+		return
+	}
+	perm := fi.Mode().Perm()
+	if !p.warnedWritable {
+		if perm&0o022 != 0 {
+			p.warnedWritable = true
+			p.log.Warn(EventFileWritable, "secret_id", p.secretID, "path", path, "mode", octal(perm))
+		} else if dir, dmode := writableDir(path); dir != "" {
+			p.warnedWritable = true
+			p.log.Warn(EventFileWritable, "secret_id", p.secretID, "path", path, "mode", octal(perm),
+				"dir", dir, "dir_mode", octal(dmode))
+		}
+	}
+	if !p.warnedReadable && perm&0o004 != 0 && !inKubernetesVolume(path) {
+		p.warnedReadable = true
+		p.log.Warn(EventFileReadable, "secret_id", p.secretID, "path", path, "mode", octal(perm))
+	}
+}
+
+func octal(m fs.FileMode) string { return fmt.Sprintf("%04o", uint32(m.Perm())) }
+
+// writableDir returns the first directory holding path, or the file it
+// links to, that its group or every user can write and that lacks the
+// sticky bit (which keeps others from renaming over or removing files
+// they do not own).
+func writableDir(path string) (string, fs.FileMode) {
+	dirs := []string{filepath.Dir(path)}
+	if real, err := filepath.EvalSymlinks(path); err == nil && filepath.Dir(real) != dirs[0] {
+		dirs = append(dirs, filepath.Dir(real))
+	}
+	for _, d := range dirs {
+		fi, err := os.Stat(d)
+		if err == nil && fi.Mode().Perm()&0o022 != 0 && fi.Mode()&fs.ModeSticky == 0 {
+			return d, fi.Mode().Perm()
+		}
+	}
+	return "", 0
+}
+
+// inKubernetesVolume reports whether path is a file of a Kubernetes Secret
+// (or ConfigMap) volume, whatever name it was reached by: the kubelet
+// writes each version's files into a new directory named "..<timestamp>"
+// and points the "..data" symlink beside it there.
+func inKubernetesVolume(path string) bool {
+	real, err := filepath.EvalSymlinks(path)
+	if err != nil {
+		return false
+	}
+	dir := filepath.Dir(real)
+	if !strings.HasPrefix(filepath.Base(dir), "..") {
+		return false
+	}
+	li, err := os.Lstat(filepath.Join(filepath.Dir(dir), "..data"))
+	return err == nil && li.Mode()&fs.ModeSymlink != 0
 }
 
 // trimNewline drops one trailing "\n" or "\r\n", which editors and

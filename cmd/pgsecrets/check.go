@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -118,6 +119,7 @@ type rotationInfo struct {
 type serverInfo struct {
 	Version         string `json:"version"`
 	CurrentUser     string `json:"current_user"`
+	SessionUser     string `json:"session_user"`
 	CurrentDatabase string `json:"current_database"`
 }
 
@@ -192,6 +194,7 @@ type checker struct {
 	timeout time.Duration
 	rep     *checkReport
 	diag    diagContext
+	hide    []string // DSN values no output may show (see hiddenValues)
 }
 
 const stepCount = 5
@@ -232,10 +235,11 @@ func (c *checker) warn(format string, a ...any) {
 // fail records the failure of a step; the caller returns.
 func (c *checker) fail(stepName string, err error) {
 	kind, reason := diagnose(err, c.diag)
+	reason = c.scrub(reason)
 	c.rep.OK = false
 	c.rep.Failure, c.rep.Reason, c.rep.FailedStep = kind, reason, stepName
-	c.rep.Error = err.Error()
-	c.printf("      error: %s\n", err)
+	c.rep.Error = c.scrub(err.Error())
+	c.printf("      error: %s\n", c.rep.Error)
 	c.printf("FAIL: %s\n", reason)
 }
 
@@ -259,7 +263,8 @@ func (c *checker) run(parent context.Context, dsn string) {
 		c.fail("dsn", err)
 		return
 	}
-	c.rep.DSN = cfg.FormatDSN()
+	c.rep.DSN = cfg.String()
+	c.hide = hiddenValues(cfg)
 	sslMode, sslRootCert := sslSettings(cfg)
 	c.diag.secretID, c.diag.stage, c.diag.endpoint = cfg.SecretID, cfg.VersionStage, cfg.Endpoint
 	c.diag.sslMode, c.diag.sslRootCert = sslMode, sslRootCert
@@ -427,15 +432,12 @@ func (c *checker) database(ctx context.Context, db *sql.DB, connector *pgsecrets
 	c.diag.step = "querying the database"
 	t = time.Now()
 	srv := &serverInfo{}
-	err = conn.QueryRowContext(ctx, "SELECT version(), current_user, current_database()").
-		Scan(&srv.Version, &srv.CurrentUser, &srv.CurrentDatabase)
+	err = conn.QueryRowContext(ctx, "SELECT version(), current_user, session_user, current_database()").
+		Scan(&srv.Version, &srv.CurrentUser, &srv.SessionUser, &srv.CurrentDatabase)
 	var tl tlsInfo
 	if err == nil {
-		var ver, cipher sql.NullString
-		var ssl sql.NullBool
-		err = conn.QueryRowContext(ctx, "SELECT ssl, version, cipher FROM pg_stat_ssl WHERE pid = pg_backend_pid()").
-			Scan(&ssl, &ver, &cipher)
-		tl = tlsInfo{Encrypted: ssl.Bool, Version: ver.String, Cipher: cipher.String, SSLMode: sslMode}
+		tl, err = sessionTLS(ctx, conn)
+		tl.SSLMode = sslMode
 	}
 	tookQuery := c.timed("queries", t)
 	if err != nil {
@@ -447,7 +449,11 @@ func (c *checker) database(ctx context.Context, db *sql.DB, connector *pgsecrets
 	c.rep.Server, c.rep.TLS = srv, &tl
 	c.step(4, "database", fmt.Sprintf("login %s, queries %s", ms(tookLogin), ms(tookQuery)))
 	c.kv("server", "%s", srv.Version)
-	c.kv("user", "%s", srv.CurrentUser)
+	if srv.SessionUser != srv.CurrentUser {
+		c.kv("user", "%s (logged in as %s, acting as %s through its role setting)", srv.SessionUser, srv.SessionUser, srv.CurrentUser)
+	} else {
+		c.kv("user", "%s", srv.CurrentUser)
+	}
 	c.kv("database", "%s", srv.CurrentDatabase)
 	if tl.Encrypted {
 		c.kv("tls", "encrypted, %s, %s (sslmode=%s)", tl.Version, tl.Cipher, sslMode)
@@ -562,6 +568,38 @@ func (c *checker) addDriverStats(connector *pgsecrets.Connector) {
 		AuthRecovered: st.AuthRecovered, PendingUses: st.PendingUses, VersionID: st.VersionID, Stage: st.Stage}
 }
 
+// hiddenValues are the DSN's values that cfg.String() redacts (an inline
+// private key, sslpassword). Errors are scrubbed of them too: lib/pq names
+// a key it takes for a file path by its value.
+func hiddenValues(cfg *pgsecrets.Config) []string {
+	var out []string
+	shown, err := pgsecrets.ParseDSN(cfg.String())
+	for i, p := range cfg.Params {
+		if p.Value == "" {
+			continue
+		}
+		if err != nil || len(shown.Params) != len(cfg.Params) {
+			if p.Key == "sslkey" || p.Key == "sslpassword" {
+				out = append(out, p.Value)
+			}
+		} else if shown.Params[i].Value != p.Value {
+			out = append(out, p.Value)
+		}
+	}
+	return out
+}
+
+func (c *checker) scrub(s string) string {
+	for _, v := range c.hide {
+		s = strings.ReplaceAll(s, v, "[REDACTED]")
+		// An error may quote it (%q), which escapes a PEM's newlines.
+		if q := strconv.Quote(v); q[1:len(q)-1] != v {
+			s = strings.ReplaceAll(s, q[1:len(q)-1], "[REDACTED]")
+		}
+	}
+	return s
+}
+
 // sslSettings returns the sslmode and sslrootcert lib/pq will use: the DSN's,
 // else the PG* environment's, else the driver's default (require).
 func sslSettings(cfg *pgsecrets.Config) (mode, rootCert string) {
@@ -609,4 +647,22 @@ func arnRegion(id string) string {
 		return ""
 	}
 	return f[3]
+}
+
+// sessionTLS reads the session's row of pg_stat_ssl as the login role: a
+// role that logs in acting as another (the alternating rotation's clone,
+// ALTER ROLE … SET role) cannot see its own row otherwise.
+func sessionTLS(ctx context.Context, conn *sql.Conn) (tlsInfo, error) {
+	tx, err := conn.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		return tlsInfo{}, err
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, "SET LOCAL ROLE NONE"); err != nil {
+		return tlsInfo{}, err
+	}
+	var ver, cipher sql.NullString
+	var ssl sql.NullBool
+	err = tx.QueryRowContext(ctx, "SELECT ssl, version, cipher FROM pg_stat_ssl WHERE pid = pg_backend_pid()").Scan(&ssl, &ver, &cipher)
+	return tlsInfo{Encrypted: ssl.Bool, Version: ver.String, Cipher: cipher.String}, err
 }

@@ -2,9 +2,16 @@ package main
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync/atomic"
@@ -467,5 +474,69 @@ func TestCheckTimeout(t *testing.T) {
 	assertNoSecret(t, res, r.planted...)
 	if res.code != 1 || res.lastLine() != "FAIL: timed out after 300ms while fetching the secret: raise --timeout, or check that this machine can reach it" {
 		t.Errorf("got %s", res)
+	}
+}
+
+// An inline private key (and its passphrase) never shows in check's
+// output, human or JSON: not in the DSN line, nor in lib/pq's error when it
+// takes the key for a file path and names it.
+func TestCheckInlineKeyNeverPrinted(t *testing.T) {
+	r := newCheckRig(t)
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))
+	r.planted = append(r.planted, "PRIVATE KEY", "pass-never-printed")
+	for _, l := range strings.Split(key, "\n") {
+		if l != "" && !strings.HasPrefix(l, "-----") {
+			r.planted = append(r.planted, l)
+		}
+	}
+	cert := filepath.Join(t.TempDir(), "client.crt")
+	if err := os.WriteFile(cert, []byte("lib/pq only checks that it exists before the key"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	quoted := "'" + key + "'"                                                                          // PEM has no quote or backslash to escape
+	human, rep := r.check(t, r.dsn("sslinline=true sslkey="+quoted+" sslpassword=pass-never-printed")) // fails the test if output holds any of r.planted
+	if !strings.Contains(human.stdout, "sslkey=[REDACTED]") || !strings.Contains(str(rep, "dsn"), "sslkey=[REDACTED]") {
+		t.Errorf("the DSN line does not show sslkey=[REDACTED]:\n%s", human)
+	}
+	// Without sslinline the key would be taken for a path: the DSN is
+	// refused, without the key.
+	human, _ = r.check(t, r.dsn("sslcert="+cert+" sslkey="+quoted))
+	if !strings.Contains(human.stdout, "sslinline is not true") {
+		t.Errorf("a PEM sslkey without sslinline was not refused:\n%s", human)
+	}
+}
+
+// A secret for a role that logs in acting as another (the alternating
+// rotation's clone) checks out: TLS is read as the login role, and both
+// roles are shown.
+func TestCheckActingRole(t *testing.T) {
+	r := newCheckRig(t)
+	ctx := context.Background()
+	clone, pw := r.role+"_clone", randomPassword()
+	r.planted = append(r.planted, pw)
+	if err := r.pg.CreateRole(ctx, clone, pw); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = r.pg.DropRole(ctx, clone) })
+	for _, q := range []string{`GRANT "` + r.role + `" TO "` + clone + `"`, `ALTER ROLE "` + clone + `" SET role = '` + r.role + `'`} {
+		if _, err := r.pg.DB().Exec(q); err != nil {
+			t.Fatal(q, err)
+		}
+	}
+	r.sm.CreateSecret(r.secretID+"/clone", secretJSON(clone, pw))
+	human, rep := r.check(t, strings.Replace(r.dsn(""), "secret_id="+r.secretID, "secret_id="+r.secretID+"/clone", 1))
+	if human.code != 0 || !strings.Contains(human.stdout, "acting as "+r.role) || !strings.Contains(human.stdout, "encrypted, TLS") {
+		t.Errorf("check of a clone's secret:\n%s", human)
+	}
+	if srv, _ := rep["server"].(map[string]any); srv["session_user"] != clone || srv["current_user"] != r.role {
+		t.Errorf("report: %v", rep["server"])
 	}
 }
