@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -30,7 +31,13 @@ type Book struct {
 // calls sql.Open(DriverName, DSN) and leaves the DSN to the driver.
 func openGORM(t *testing.T, dsn string, translate bool) (*gorm.DB, *sql.DB) {
 	t.Helper()
-	gdb, err := gorm.Open(postgres.New(postgres.Config{DriverName: pgsecrets.DriverName, DSN: dsn}), &gorm.Config{
+	return openGORMConfig(t, postgres.Config{DriverName: pgsecrets.DriverName, DSN: dsn}, translate)
+}
+
+// openGORMConfig is openGORM with the dialect's other settings.
+func openGORMConfig(t *testing.T, cfg postgres.Config, translate bool) (*gorm.DB, *sql.DB) {
+	t.Helper()
+	gdb, err := gorm.Open(postgres.New(cfg), &gorm.Config{
 		Logger:         logger.Default.LogMode(logger.Silent),
 		TranslateError: translate,
 		// PostgreSQL keeps microseconds; so do the timestamps GORM sets,
@@ -203,5 +210,45 @@ func TestGORMURLDSN(t *testing.T) {
 	var pqErr *pq.Error
 	if !errors.As(err, &pqErr) || pqErr.Code != "23505" {
 		t.Errorf("duplicate ISBN: err = %v (%T), want a *pq.Error with SQLSTATE 23505", err, err)
+	}
+}
+
+// A pool of one's own goes to GORM as Conn, and DriverName must name it
+// too: GORM's migrator takes an empty DriverName for pgx and puts pgx's
+// exec mode in front of the arguments when it reads a table's columns
+// (gorm.io/driver/postgres migrator.go GetRows), which lib/pq counts as
+// one argument too many. The first AutoMigrate only creates the table; the
+// second reads it.
+func TestGORMConnPool(t *testing.T) {
+	for _, tc := range []struct {
+		driverName string
+		wantErr    string
+	}{
+		{driverName: "", wantErr: "got 2 parameters but the statement requires 1"},
+		{driverName: pgsecrets.DriverName},
+	} {
+		t.Run("DriverName="+tc.driverName, func(t *testing.T) {
+			w := newWorld(t)
+			sqlDB, err := pgsecrets.Open(w.kv())
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { sqlDB.Close() })
+			db, err := gorm.Open(postgres.New(postgres.Config{Conn: sqlDB, DriverName: tc.driverName}),
+				&gorm.Config{Logger: logger.Default.LogMode(logger.Silent)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := db.AutoMigrate(&Book{}); err != nil {
+				t.Fatal(err)
+			}
+			err = db.AutoMigrate(&Book{})
+			switch {
+			case tc.wantErr == "" && err != nil:
+				t.Errorf("second AutoMigrate: %v", err)
+			case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
+				t.Errorf("second AutoMigrate: err = %v, want %q", err, tc.wantErr)
+			}
+		})
 	}
 }

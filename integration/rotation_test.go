@@ -40,7 +40,7 @@ func TestGORMPasswordRotation(t *testing.T) {
 				}
 				sqlDB = sql.OpenDB(connector)
 				t.Cleanup(func() { sqlDB.Close() })
-				db, err = gorm.Open(postgres.New(postgres.Config{Conn: sqlDB}), &gorm.Config{Logger: logger.Default.LogMode(logger.Silent)})
+				db, err = gorm.Open(postgres.New(postgres.Config{Conn: sqlDB, DriverName: pgsecrets.DriverName}), &gorm.Config{Logger: logger.Default.LogMode(logger.Silent)})
 				if err != nil {
 					t.Fatal(err)
 				}

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
 	"slices"
 	"strconv"
@@ -283,7 +284,7 @@ func (c *checker) run(parent context.Context, dsn string) {
 	switch {
 	case cfg.Region == "":
 		c.kv("region", "not in the DSN: the SDK's (AWS_REGION or the profile), see step 2")
-	case cfg.Region == arnRegion(cfg.SecretID):
+	case cfg.Region == regionFromARN(cfg.SecretID):
 		c.kv("region", "%s (from the secret's ARN)", cfg.Region)
 	default:
 		c.kv("region", "%s (secret_region)", cfg.Region)
@@ -601,7 +602,10 @@ func (c *checker) scrub(s string) string {
 }
 
 // sslSettings returns the sslmode and sslrootcert lib/pq will use: the DSN's,
-// else the PG* environment's, else the driver's default (require).
+// else the PG* environment's, else the driver's default (require). The
+// driver applies that default where it builds the engine's DSN (dsn.go,
+// pqDSN) and exports it only as part of the engine plumbing, so the rule is
+// repeated here: keep the two in step.
 func sslSettings(cfg *pgsecrets.Config) (mode, rootCert string) {
 	for _, p := range cfg.Params {
 		switch p.Key {
@@ -626,13 +630,6 @@ func sslSettings(cfg *pgsecrets.Config) (mode, rootCert string) {
 	return mode, rootCert
 }
 
-func dateOr(t *time.Time, none string) string {
-	if t == nil || t.IsZero() {
-		return none
-	}
-	return t.UTC().Format(time.RFC3339)
-}
-
 func portString(p uint16) string {
 	if p == 0 {
 		return ""
@@ -640,13 +637,15 @@ func portString(p uint16) string {
 	return fmt.Sprint(p)
 }
 
-// arnRegion is the region field of a Secrets Manager ARN, or "".
-func arnRegion(id string) string {
-	f := strings.SplitN(id, ":", 6)
-	if len(f) < 6 || f[0] != "arn" || f[2] != "secretsmanager" {
+// regionFromARN is the region the driver takes from secret_id when the DSN
+// names none: ParseDSN's own reading of a DSN that holds only the id ("" for
+// a name, or when it does not parse).
+func regionFromARN(secretID string) string {
+	cfg, err := pgsecrets.ParseDSN("postgres://?secret_id=" + url.QueryEscape(secretID))
+	if err != nil {
 		return ""
 	}
-	return f[3]
+	return cfg.Region
 }
 
 // sessionTLS reads the session's row of pg_stat_ssl as the login role: a

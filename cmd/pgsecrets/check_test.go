@@ -436,6 +436,14 @@ func TestCheckFailures(t *testing.T) {
 			want: "region     us-east-1 (from the secret's ARN)",
 		},
 		{
+			name: "secret_region over the ARN's",
+			setup: func(t *testing.T, r *checkRig) string {
+				return r.dsn("secret_id=" + r.sm.ARN(r.secretID) + " secret_region=us-west-2")
+			},
+			code: 0,
+			want: "region     us-west-2 (secret_region)",
+		},
+		{
 			name: "DSN password ignored",
 			setup: func(t *testing.T, r *checkRig) string {
 				return r.dsn("password=" + r.password)

@@ -119,17 +119,17 @@ func (d *demo) watchLeases(stop <-chan struct{}) {
 		}
 		st := d.connector.Stats()
 		if st.VersionID != prev.VersionID {
-			d.event("new lease …/%s serves new connections (ends in %s); %d leases held", short(st.VersionID),
+			d.printEvent("new lease …/%s serves new connections (ends in %s); %d leases held", shortVersion(st.VersionID),
 				time.Until(st.Expires).Round(100*time.Millisecond), st.LeasesHeld)
 		}
 		if n := st.LeaseRenewals - prev.LeaseRenewals; n > 0 {
-			d.event("%s renewed (their connections are still open)", plural(n, "lease"))
+			d.printEvent("%s renewed (their connections are still open)", plural(n, "lease"))
 		}
 		if n := st.LeaseRevocations - prev.LeaseRevocations; n > 0 {
-			d.event("%s revoked: superseded, and their last connection closed (roles dropped)", plural(n, "lease"))
+			d.printEvent("%s revoked: superseded, and their last connection closed (roles dropped)", plural(n, "lease"))
 		}
 		if n := st.ConnsRetired - prev.ConnsRetired; n > 0 {
-			d.event("%s retired before their lease's end", plural(n, "connection"))
+			d.printEvent("%s retired before their lease's end", plural(n, "connection"))
 		}
 		prev = st
 	}
@@ -140,12 +140,12 @@ func (d *demo) vaultOutage(ctx context.Context, stop <-chan struct{}) {
 	took := d.phase()
 	d.outages.Add(1)
 	remove := d.vs.Inject(vaulttest.OpAny, vaulttest.Fault{Kind: vaulttest.FaultError, Status: 503})
-	d.event("Vault outage: every request fails (503) for %s; valid leases keep serving", seconds(took))
+	d.printEvent("Vault outage: every request fails (503) for %s; valid leases keep serving", seconds(took))
 	start := time.Now()
 	cut := !sleepUntil(ctx, stop, start.Add(took))
 	remove()
 	d.outageTotal.Add(int64(time.Since(start)))
-	d.event("Vault is back%s", cutNote(cut))
+	d.printEvent("Vault is back%s", cutShortNote(cut))
 }
 
 func (d *demo) vaultProgressLine() string {

@@ -140,3 +140,11 @@ func goDuration(d time.Duration) string {
 	}
 	return strconv.FormatInt(int64(d), 10) + " * time.Nanosecond"
 }
+
+// dateOr formats t as RFC 3339 in UTC, or says none when there is no time.
+func dateOr(t *time.Time, none string) string {
+	if t == nil || t.IsZero() {
+		return none
+	}
+	return t.UTC().Format(time.RFC3339)
+}

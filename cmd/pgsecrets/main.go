@@ -2,8 +2,16 @@
 //
 //	pgsecrets demo            watch password rotations cost zero failed queries
 //	pgsecrets check DSN       check a pgsecrets DSN end to end
+//	pgsecrets rotate          rotate a secret now, resume or roll back a rotation
+//	pgsecrets monitor ID...   report stuck, overdue or broken rotations
 //
 // Run "pgsecrets <command> --help" for details.
+//
+// Each command has its files: demo.go (the command; demo_env.go, demo_load.go,
+// demo_scenarios.go, demo_report.go and demo_vault.go its parts), check.go
+// (check_store.go for stores other than Secrets Manager, diagnose.go for
+// what a failure means), rotate.go and monitor.go. This file holds the
+// dispatch and what the commands share; format.go the output formatting.
 package main
 
 import (
@@ -16,6 +24,9 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
 
 	// Every provider and engine pgsecrets ships, so that check works with
 	// each.
@@ -127,11 +138,20 @@ func usageError(stderr io.Writer, cmd, format string, a ...any) int {
 	return exitUsage
 }
 
-// indent prefixes every line of s with prefix.
-func indent(s, prefix string) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	for i, l := range lines {
-		lines[i] = prefix + l
+// multiFlag is a flag that may be given more than once.
+type multiFlag []string
+
+func (m *multiFlag) String() string     { return strings.Join(*m, "; ") }
+func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
+
+// smClient is the Secrets Manager client of the SDK's default chain.
+func smClient(ctx context.Context) (*secretsmanager.Client, error) {
+	cfg, err := config.LoadDefaultConfig(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("loading the AWS configuration: %w", err)
 	}
-	return strings.Join(lines, "\n")
+	if cfg.Region == "" {
+		return nil, fmt.Errorf("no AWS region: set AWS_REGION or a profile's region")
+	}
+	return secretsmanager.NewFromConfig(cfg), nil
 }
