@@ -24,7 +24,7 @@ import (
 // credentials the cache holds instead of trying them again.
 func (c *Connector) Credentials(ctx context.Context) (*Credentials, error) {
 	if c.closed.Load() {
-		return nil, errClosed
+		return nil, c.closedError()
 	}
 	if c.guard.cb.State() == gobreaker.StateOpen {
 		c.stats.breakerRejects.Add(1)
@@ -98,7 +98,7 @@ func (c *Connector) Recover(ctx context.Context, creds *Credentials, loginErr er
 		return loginErr
 	}
 	if c.closed.Load() {
-		return errClosed
+		return c.closedError()
 	}
 	c.stats.authFailures.Add(1)
 	_, err := c.guard.cb.Execute(func() (driver.Conn, error) {
@@ -136,7 +136,10 @@ func (c *Connector) Hold(creds *Credentials) (release func(), retireAt func() ti
 	}
 	b := c.entry.leases
 	l := b.open(creds, c.pol)
-	lc := b.opened(l, nopConn{})
+	lc := b.opened(l, nopConn{}, &c.stats)
+	// In use until released: the adapter's pool retires its connections
+	// itself, and the keeper must not end the lease's hold on its own.
+	lc.busy.Store(true)
 	return func() { _ = lc.Close() }, func() time.Time { return time.Unix(0, l.retireAt.Load()) }
 }
 

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/singleflight"
@@ -97,10 +96,9 @@ type entry struct {
 	gen         int64                // successful fetches of stage, for callers that saw a miss
 	rotateGrace time.Duration        // how long after RotatesAt the next fetch is due
 
-	storeCalls atomic.Int64
-	breakers   sync.Map // target → *breaker
-	leases     *leaseBook
-	unstaged   bool // the provider has no version stages
+	breakers sync.Map // target → *breaker
+	leases   *leaseBook
+	unstaged bool // the provider has no version stages
 }
 
 func acquireEntry(key, secretID, stage string, p Provider) *entry {
@@ -367,7 +365,7 @@ func (e *entry) fetch(ctx context.Context, stage string, pol policy, gen int64) 
 		ch <- fetchResult{c, err}
 	})
 	if !started {
-		return nil, &SecretError{Kind: ErrStoreUnavailable, SecretID: e.secretID, Detail: "connector closed"}
+		return nil, &SecretError{Kind: ErrClosed, SecretID: e.secretID, Stage: stage}
 	}
 	select {
 	case r := <-ch:
@@ -417,7 +415,7 @@ func (e *entry) call(stage string, pol policy, gen int64) (*Credentials, error) 
 		case <-t.C:
 		case <-e.ctx.Done():
 			t.Stop()
-			return nil, &SecretError{Kind: ErrStoreUnavailable, SecretID: e.secretID, Stage: stage, Detail: "connector closed"}
+			return nil, &SecretError{Kind: ErrClosed, SecretID: e.secretID, Stage: stage}
 		}
 	}
 	start := time.Now()
@@ -428,6 +426,14 @@ func (e *entry) call(stage string, pol policy, gen int64) (*Credentials, error) 
 
 	creds, took, err := e.hedged(stage, pol)
 
+	if err != nil && e.ctx.Err() != nil {
+		// Cut short by the last Close, whichever way the request ended:
+		// this says nothing about the store.
+		e.mu.Lock()
+		delete(e.calling, stage)
+		e.mu.Unlock()
+		return nil, &SecretError{Kind: ErrClosed, SecretID: e.secretID, Stage: stage}
+	}
 	if err != nil {
 		var se *SecretError
 		if !errors.As(err, &se) {
@@ -538,7 +544,6 @@ func (e *entry) hedged(stage string, pol policy) (*Credentials, time.Duration, e
 		r := &request{cancel: rcancel}
 		live = append(live, r)
 		sent++
-		e.storeCalls.Add(1)
 		pol.stats.storeCalls.Add(1)
 		wg.Add(1)
 		go func() {
@@ -610,7 +615,7 @@ func (e *entry) hedged(stage string, pol policy) (*Credentials, time.Duration, e
 			}
 		case <-ctx.Done():
 			if e.ctx.Err() != nil {
-				return nil, 0, &SecretError{Kind: ErrStoreUnavailable, SecretID: e.secretID, Stage: stage, Detail: "connector closed"}
+				return nil, 0, &SecretError{Kind: ErrClosed, SecretID: e.secretID, Stage: stage}
 			}
 			return nil, storeTimeout, &SecretError{Kind: ErrStoreUnavailable, SecretID: e.secretID, Stage: stage,
 				Detail: fmt.Sprintf("the store did not answer within %s (%d requests)", storeTimeout, sent),
@@ -650,7 +655,7 @@ func later(a, b time.Time) time.Time {
 // kindName names the sentinel an error wraps, for logs.
 func kindName(err error) string {
 	for _, k := range []error{ErrSecretNotFound, ErrAccessDenied, ErrMalformedSecret, ErrStoreUnavailable,
-		ErrAuthFailed, ErrCircuitOpen, context.Canceled, context.DeadlineExceeded} {
+		ErrAuthFailed, ErrCircuitOpen, ErrConnect, ErrClosed, context.Canceled, context.DeadlineExceeded} {
 		if errors.Is(err, k) {
 			return k.Error()
 		}

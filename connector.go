@@ -33,6 +33,7 @@ type Connector struct {
 	hostSet, portSet, dbSet bool
 
 	stats     counters
+	final     atomic.Pointer[Stats] // what Stats says once Close has returned
 	warned    warnings
 	closed    atomic.Bool
 	closeOnce sync.Once
@@ -104,6 +105,7 @@ func NewConnector(dsn string, opts ...Option) (*Connector, error) {
 	c.pol = policy{ttl: cfg.TTL, maxStale: cfg.MaxStale, margin: cfg.ExpiryMargin, log: c.log, stats: &c.stats}
 	key := fmt.Sprintf("%s|%s|%s|%s|%s", identity, cfg.SecretID, cfg.VersionStage, cfg.UsernameKey, cfg.PasswordKey)
 	c.entry = acquireEntry(key, cfg.SecretID, cfg.VersionStage, provider)
+	c.entry.leases.join(c.pol)
 	target := fmt.Sprintf("%s|%d|%s|%v", base.Host, base.Port, base.Database, base.Multi)
 	c.guard = c.entry.guardFor(target, o.breakerOpen, c.log)
 
@@ -115,11 +117,17 @@ func NewConnector(dsn string, opts ...Option) (*Connector, error) {
 func (c *Connector) Driver() driver.Driver { return &Driver{} }
 
 // Close stops the connector's background work. The credential cache of its
-// secret is dropped when the last connector using it closes.
+// secret is dropped when the last connector using it closes. From then on
+// Stats returns what it said when Close returned.
 func (c *Connector) Close() error {
 	c.closeOnce.Do(func() {
 		c.closed.Store(true)
 		c.entry.release()
+		// After release: the last connector's Close revokes the leases
+		// left, and reports that.
+		c.entry.leases.leave(c.pol)
+		s := c.snapshot()
+		c.final.Store(&s)
 	})
 	return nil
 }
@@ -132,43 +140,45 @@ func (c *Connector) Config() Config {
 	return cp
 }
 
-var errClosed = errors.New("pgsecrets: connector closed")
+// closedError is what every call on a closed connector returns.
+func (c *Connector) closedError() error {
+	return &SecretError{Kind: ErrClosed, SecretID: c.cfg.SecretID}
+}
 
 // Connect opens a connection: credentials from the cache (fetched once for
-// all concurrent callers when needed), then lib/pq. On an authentication
-// failure it recovers within the same call (see recover). It returns
-// lib/pq's own connection, so queries run on lib/pq alone, except for
-// expiring credentials (leases), whose connections are wrapped so that none
-// outlives its credential (see lease.go).
+// all concurrent callers when needed), then the engine (lib/pq, or pgx with
+// secret_driver=pgx). On an authentication failure it recovers within the
+// same call (see recover). It returns the engine's own connection, so
+// queries run on the engine alone, except for expiring credentials
+// (leases), whose connections are wrapped so that none outlives its
+// credential (see lease.go). Every error it returns wraps a sentinel (see
+// errors.go).
 func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
 	if c.closed.Load() {
-		return nil, errClosed
+		return nil, c.closedError()
 	}
 	conn, err := c.guard.cb.Execute(func() (driver.Conn, error) { return c.connect(ctx) })
 	if errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests) {
 		c.stats.breakerRejects.Add(1)
 		return nil, c.guard.openError(c.cfg.SecretID)
 	}
-	if err != nil && ctx.Err() != nil {
-		var se *SecretError
-		if !errors.As(err, &se) {
-			// lib/pq gave up on the dial or the handshake because ctx
-			// ended: still say which secret and user it was.
-			return nil, waitError(ctx, c.cfg.SecretID, nil, "", "gave up while logging in to the database", err)
-		}
-	}
 	return conn, err
 }
 
-// Refresh fetches the secret from the store now, sharing any fetch already
-// in flight, and returns the version id it got; new connections use it
-// from then on. Call it when the application learns of a rotation from
+// Refresh fetches the configured stage of the secret from the store now,
+// sharing any fetch already in flight, and returns the version id it got.
+// New connections use that version from then on, except while a rotation
+// is in progress: a pending version (AWSPENDING) that recovery found the
+// database accepting stays in use until the configured stage holds it or
+// a newer version, since the version Refresh got is then the one the
+// database no longer accepts. Stats tells which version and stage new
+// connections use. Call it when the application learns of a rotation from
 // elsewhere (an EventBridge rule, a deploy hook) and should not wait for
 // secret_ttl or the next authentication failure. Store calls stay paced, so
 // a Refresh right after another call waits for its turn (within ctx).
 func (c *Connector) Refresh(ctx context.Context) (string, error) {
 	if c.closed.Load() {
-		return "", errClosed
+		return "", c.closedError()
 	}
 	creds, err := c.entry.fetch(ctx, c.entry.stage, c.pol, anyGen)
 	if err != nil {
@@ -352,7 +362,9 @@ func (c *Connector) loginSlot(ctx context.Context, creds *Credentials, probe boo
 const maxRecoveries = 3
 
 // dial logs in with creds through the engine; connections made with
-// expiring credentials are wrapped (lease.go).
+// expiring credentials are wrapped (lease.go). A rejected login comes back
+// as the engine's error, for the caller to classify and recover from; any
+// other failure comes back as the *SecretError Connect returns for it.
 func (c *Connector) dial(ctx context.Context, creds *Credentials) (driver.Conn, error) {
 	var l *lease
 	if creds.expiring() {
@@ -363,13 +375,31 @@ func (c *Connector) dial(ctx context.Context, creds *Credentials) (driver.Conn, 
 		if err != nil {
 			c.entry.leases.failed(l)
 		} else {
-			conn = c.entry.leases.opened(l, conn)
+			conn = c.entry.leases.opened(l, conn, &c.stats)
 		}
 	}
-	if err == nil && creds.Stage == stagePending {
+	if err != nil {
+		if _, rejected := authFailure(err); !rejected {
+			return nil, c.loginError(ctx, creds, err)
+		}
+		return nil, err
+	}
+	if creds.Stage == stagePending {
 		c.stats.pendingUses.Add(1)
 	}
-	return conn, err
+	return conn, nil
+}
+
+// loginError is the error for a login that failed other than by a
+// rejection of creds: ErrConnect wrapping the engine's error, or, if ctx
+// ended meanwhile (the engine gave up on the dial or the handshake), what
+// a caller who gives up gets.
+func (c *Connector) loginError(ctx context.Context, creds *Credentials, err error) error {
+	if ctx.Err() != nil {
+		return waitError(ctx, c.cfg.SecretID, creds, "", "gave up while logging in to the database", err)
+	}
+	return &SecretError{Kind: ErrConnect, SecretID: c.cfg.SecretID, Stage: creds.Stage, VersionID: creds.VersionID,
+		SQLState: sqlState(err), Err: err}
 }
 
 // counters back Stats.
@@ -382,6 +412,11 @@ type counters struct {
 	recovered      atomic.Int64
 	pendingUses    atomic.Int64
 	breakerRejects atomic.Int64
+	// Lease events (see Stats).
+	leaseRenewals      atomic.Int64
+	leaseRenewFailures atomic.Int64
+	leaseRevocations   atomic.Int64
+	connsRetired       atomic.Int64
 }
 
 var (

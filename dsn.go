@@ -16,7 +16,7 @@ import (
 	"unicode/utf8"
 )
 
-// DSN keys that pgsecrets reads and removes before lib/pq sees the DSN.
+// DSN keys that pgsecrets reads and removes before the engine sees the DSN.
 const (
 	keySecretID     = "secret_id"
 	keyRegion       = "secret_region"
@@ -57,9 +57,10 @@ const (
 )
 
 // Config is a parsed pgsecrets DSN: the secret_* settings, and the rest of
-// the DSN as lib/pq will receive it. Printing a Config (String, any fmt
-// verb, slog, JSON) never shows the DSN's password, sslpassword or an
-// inline private key; FormatDSN, which builds DSNs, carries the last two.
+// the DSN as the engine (lib/pq or pgx) will receive it. Printing a Config
+// (String, any fmt verb, slog, JSON) never shows the DSN's password,
+// sslpassword or an inline private key; FormatDSN, which builds DSNs,
+// carries the last two.
 type Config struct {
 	// SecretID names the secret in its store (secret_id): a Secrets
 	// Manager name or ARN, a Vault path, a file path.
@@ -95,8 +96,8 @@ type Config struct {
 	UsernameKey string
 	PasswordKey string
 
-	// Params are the DSN's other keys, in order, as lib/pq will see them,
-	// without password.
+	// Params are the DSN's other keys, in order, as the engine will see
+	// them, without password.
 	Params []Param
 	// Password is a password= left in the DSN. The secret's password is
 	// always used instead.
@@ -117,7 +118,7 @@ func (c *Config) ProviderParam(key string) (string, bool) {
 	return "", false
 }
 
-// Param is one key=value pair of the DSN passed through to lib/pq.
+// Param is one key=value pair of the DSN passed through to the engine.
 type Param struct {
 	Key   string
 	Value string
@@ -154,7 +155,6 @@ func ParseDSN(dsn string) (*Config, error) {
 	for _, p := range pairs {
 		if p.Key == "password" {
 			cfg.Password = NewSecret(p.Value)
-			cfg.dropParam("password")
 			continue
 		}
 		if !strings.HasPrefix(p.Key, "secret_") {
@@ -289,16 +289,6 @@ func (c *Config) setParam(k, v string) {
 		}
 	}
 	c.Params = append(c.Params, Param{Key: k, Value: v})
-}
-
-func (c *Config) dropParam(k string) {
-	out := c.Params[:0]
-	for _, p := range c.Params {
-		if p.Key != k {
-			out = append(out, p)
-		}
-	}
-	c.Params = out
 }
 
 // FormatDSN formats the configuration back into a key=value DSN that
@@ -437,8 +427,9 @@ func shortDuration(d time.Duration) string {
 	return s
 }
 
-// pqDSN is the DSN handed to lib/pq: the pass-through keys, never a
-// password, and sslmode=require unless the DSN chose otherwise.
+// pqDSN is the engine's DSN (EngineConfig.DSN), in libpq's key=value form
+// that lib/pq and pgx both parse: the pass-through keys, never a password,
+// and sslmode=require unless the DSN chose otherwise.
 func (c *Config) pqDSN(env func(string) string) string {
 	var parts []string
 	for _, p := range c.Params {
@@ -454,8 +445,8 @@ func (c *Config) pqDSN(env func(string) string) string {
 	return strings.Join(parts, " ")
 }
 
-// has reports whether the user set a lib/pq setting, in the DSN or through
-// its PG* environment variable.
+// has reports whether the user set a connection setting, in the DSN or
+// through its PG* environment variable.
 func (c *Config) has(key, envName string, env func(string) string) bool {
 	if _, ok := c.param(key); ok {
 		return true
@@ -592,11 +583,25 @@ func parseURL(dsn string) ([]Param, error) {
 		add("user", u.User.Username())
 		add("password", pw)
 	}
-	if host, port, err := net.SplitHostPort(u.Host); err != nil {
-		add("host", u.Host)
-	} else {
-		add("host", host)
-		add("port", port)
+	// A host list (postgres://h1:5432,h2:5433/db) becomes libpq's host
+	// and port lists, entry by entry. lib/pq wants every entry of a port
+	// list, so a host without a port gets PostgreSQL's default when
+	// another has one.
+	var hosts, ports []string
+	anyPort := false
+	for _, h := range strings.Split(u.Host, ",") {
+		if host, port, err := net.SplitHostPort(h); err == nil && port != "" {
+			hosts, ports, anyPort = append(hosts, host), append(ports, port), true
+		} else {
+			if err == nil {
+				h = host
+			}
+			hosts, ports = append(hosts, strings.Trim(h, "[]")), append(ports, "5432")
+		}
+	}
+	add("host", strings.Join(hosts, ","))
+	if anyPort {
+		add("port", strings.Join(ports, ","))
 	}
 	if len(u.Path) > 1 {
 		add("dbname", u.Path[1:])
@@ -616,7 +621,6 @@ func parseURL(dsn string) ([]Param, error) {
 	return out, nil
 }
 
-// redactURLError keeps url's error messages from echoing the input.
 // withoutUserinfo is an endpoint URL for printing: a user or password
 // written into it is replaced, the rest kept.
 func withoutUserinfo(endpoint string) string {
@@ -634,6 +638,7 @@ func withoutUserinfo(endpoint string) string {
 	return u.String()
 }
 
+// redactURLError keeps url's error messages from echoing the input.
 func redactURLError(s string) string {
 	if i := strings.IndexByte(s, '"'); i >= 0 {
 		return strings.TrimSpace(s[:i])

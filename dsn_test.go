@@ -384,3 +384,27 @@ func TestEndpointUserinfoNeverPrinted(t *testing.T) {
 		t.Error("FormatDSN or Endpoint lost the endpoint as written")
 	}
 }
+
+// A URL's host list keeps each host's port, as libpq's host and port
+// lists, and lib/pq reads them back host by host.
+func TestURLHostList(t *testing.T) {
+	for dsn, want := range map[string][2]string{
+		"postgres://h1:5432,h2:5433/db?secret_id=s": {"h1,h2", "5432,5433"},
+		"postgres://h1,h2:5433/db?secret_id=s":      {"h1,h2", "5432,5433"},
+		"postgres://h1,h2/db?secret_id=s":           {"h1,h2", ""},
+		"postgres://[::1]:6432/db?secret_id=s":      {"::1", "6432"},
+	} {
+		cfg, err := ParseDSN(dsn)
+		if err != nil {
+			t.Fatal(dsn, err)
+		}
+		host, _ := cfg.param("host")
+		port, _ := cfg.param("port")
+		if host != want[0] || port != want[1] {
+			t.Errorf("%s: host %q port %q, want %q %q", dsn, host, port, want[0], want[1])
+		}
+		if _, err := pq.NewConfig(cfg.pqDSN(func(string) string { return "" })); err != nil {
+			t.Errorf("%s: lib/pq rejects %q: %v", dsn, cfg.pqDSN(func(string) string { return "" }), err)
+		}
+	}
+}

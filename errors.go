@@ -4,14 +4,26 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 
 	"github.com/lib/pq"
 )
 
-// Sentinel errors. Every error pgsecrets returns from Connect wraps one of
-// these, so callers can tell them apart with errors.Is; errors.As with
-// *SecretError gives the secret id, field and SQLSTATE.
+// Sentinel errors.
+//
+// The contract: every error Connector.Connect returns (what database/sql
+// reports when it cannot open a connection, with either engine) and every
+// error of Connector.Refresh is a *SecretError whose Kind is one of these
+// sentinels, or context.Canceled or context.DeadlineExceeded when the
+// caller's context ended while pgsecrets waited (see SecretError.Kind).
+// errors.Is tells them apart; errors.As with *SecretError gives the secret
+// id, stage, version, field and SQLSTATE, and the engine's own error stays
+// reachable through it (errors.As with *pq.Error, *pgconn.PgError,
+// *net.OpError…). The same holds for a call of a pgxsecrets.Pool that
+// failed while making a new connection. NewConnector and sql.Open return a
+// *DSNError (ErrInvalidDSN) for a bad DSN, or the error of the provider's
+// factory (an AWS configuration that cannot be loaded, say).
 var (
 	// ErrSecretNotFound: the secret, or the requested version or stage of
 	// it, does not exist in the store (ResourceNotFoundException).
@@ -35,6 +47,17 @@ var (
 	// rejected, so Connect fails fast without calling the store or the
 	// database until the breaker's open interval has passed.
 	ErrCircuitOpen = errors.New("circuit breaker open")
+	// ErrConnect: the engine could not log in for a reason other than the
+	// credentials: the server could not be reached, the TLS handshake or
+	// the server's certificate failed, or the server refused the session
+	// (an unknown database, SQLSTATE 3D000; too many connections, 53300).
+	// The secret is not fetched again for it. Temporary() is true for a
+	// network error and for the SQLSTATEs of a server that is starting,
+	// stopping or full (classes 08 and 53, 57P01–57P03).
+	ErrConnect = errors.New("could not connect to the database")
+	// ErrClosed: the connector was closed (DB.Close, Pool.Close); it makes
+	// no more connections.
+	ErrClosed = errors.New("connector closed")
 	// ErrInvalidDSN: the DSN cannot be parsed or names an unknown or
 	// malformed secret_* key.
 	ErrInvalidDSN = errors.New("invalid DSN")
@@ -49,8 +72,8 @@ type SecretError struct {
 	// context.DeadlineExceeded when the caller's context ended while
 	// pgsecrets waited (for a store call, a recovery, a login slot or a
 	// login). Detail then says what it was waiting for and Err holds the
-	// last cause known by then (a store error, a *pq.Error), so a caller
-	// that gives up still learns why it had to wait.
+	// last cause known by then (a store error, the engine's error), so a
+	// caller that gives up still learns why it had to wait.
 	Kind error
 	// SecretID is the secret's name or ARN as configured.
 	SecretID string
@@ -60,12 +83,13 @@ type SecretError struct {
 	// Field is the JSON field at fault, for ErrMalformedSecret.
 	Field string
 	// SQLState is the last SQLSTATE the database answered with, for
-	// ErrAuthFailed and ErrCircuitOpen.
+	// ErrAuthFailed, ErrCircuitOpen and ErrConnect.
 	SQLState string
 	// Detail says what happened; Hint says what to check.
 	Detail string
 	Hint   string
-	// Err is the underlying error (an SDK or lib/pq error), if any.
+	// Err is the underlying error (the store SDK's or the engine's), if
+	// any.
 	Err error
 }
 
@@ -102,7 +126,8 @@ func (e *SecretError) Error() string {
 }
 
 // Unwrap returns the sentinel kind and the underlying error, so errors.Is
-// matches both ErrAuthFailed and, say, a *pq.Error through errors.As.
+// matches both ErrAuthFailed and, say, a *pq.Error or *pgconn.PgError
+// through errors.As.
 func (e *SecretError) Unwrap() []error {
 	if e.Err == nil {
 		return []error{e.Kind}
@@ -112,9 +137,45 @@ func (e *SecretError) Unwrap() []error {
 
 // Temporary reports whether retrying later can succeed without anyone
 // changing the configuration: true for an unavailable store, an open
-// circuit breaker and a wait cut short by the caller's deadline.
+// circuit breaker, a wait cut short by the caller's deadline, and an
+// ErrConnect caused by the network or by a server that is starting,
+// stopping or full; false for everything else, a closed connector
+// included.
 func (e *SecretError) Temporary() bool {
-	return e.Kind == ErrStoreUnavailable || e.Kind == ErrCircuitOpen || e.Kind == context.DeadlineExceeded
+	switch e.Kind {
+	case ErrStoreUnavailable, ErrCircuitOpen, context.DeadlineExceeded:
+		return true
+	case ErrConnect:
+		return transientConnectError(e.Err)
+	}
+	return false
+}
+
+// transientConnectError reports whether a failed login is worth trying
+// again unchanged: the network failed (refused, reset, timed out; not an
+// unknown host name), or the
+// server answered with a SQLSTATE of connection trouble (class 08), of
+// exhausted resources (class 53: too many connections, out of memory or
+// disk) or of a shutdown or start-up (57P01–57P03).
+func transientConnectError(err error) bool {
+	var dns *net.DNSError
+	if errors.As(err, &dns) && dns.IsNotFound {
+		return false // a host name that does not exist stays so
+	}
+	var ne net.Error
+	if errors.As(err, &ne) {
+		return true
+	}
+	code := sqlState(err)
+	switch {
+	case strings.HasPrefix(code, "08"), strings.HasPrefix(code, "53"):
+		return true
+	}
+	switch code {
+	case "57P01", "57P02", "57P03":
+		return true
+	}
+	return false
 }
 
 // waitError is what a caller whose ctx ended gets instead of a bare
@@ -208,6 +269,20 @@ func authFailure(err error) (string, bool) {
 		}
 	}
 	return "", false
+}
+
+// sqlState is the SQLSTATE err carries (lib/pq's, pgx's, or any error
+// that reports one), or "".
+func sqlState(err error) string {
+	var pqErr *pq.Error
+	if errors.As(err, &pqErr) {
+		return string(pqErr.Code)
+	}
+	var st interface{ SQLState() string }
+	if errors.As(err, &st) {
+		return st.SQLState()
+	}
+	return ""
 }
 
 // isContextErr reports whether err comes from a cancelled or expired

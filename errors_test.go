@@ -55,6 +55,33 @@ func TestSecretErrorUnwrap(t *testing.T) {
 	}
 }
 
+// Whether an ErrConnect is worth retrying follows from the engine's error:
+// the network, or a server starting, stopping or full, yes; a server that
+// refuses the session for good, or a host name that does not exist, no.
+func TestConnectErrorTemporary(t *testing.T) {
+	cases := []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"connection refused", &net.OpError{Op: "dial", Net: "tcp", Err: errors.New("connection refused")}, true},
+		{"unknown host", &net.DNSError{Err: "no such host", Name: "db.invalid", IsNotFound: true}, false},
+		{"DNS server failing", &net.DNSError{Err: "server misbehaving", Name: "db.internal", IsTemporary: true}, true},
+		{"too many connections", &pq.Error{Code: "53300"}, true},
+		{"server starting", fmt.Errorf("connecting: %w", &pq.Error{Code: "57P03"}), true},
+		{"unknown database", &pq.Error{Code: "3D000"}, false},
+		{"certificate", errors.New("x509: certificate signed by unknown authority"), false},
+	}
+	for _, tc := range cases {
+		if got := (&SecretError{Kind: ErrConnect, Err: tc.err}).Temporary(); got != tc.want {
+			t.Errorf("%s: Temporary() = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+	if (&SecretError{Kind: ErrClosed}).Temporary() {
+		t.Error("a closed connector is not temporary")
+	}
+}
+
 // blockingProvider waits for its context and records whether it had a
 // deadline.
 type blockingProvider struct{ deadline chan time.Duration }

@@ -240,6 +240,66 @@ func TestConnectorRefresh(t *testing.T) {
 	}
 }
 
+// While a rotation is in progress, Refresh reads the configured stage,
+// which still holds the version the database no longer accepts: the
+// pending version recovery found working stays in use until the stage
+// catches up, as Refresh's doc says.
+func TestRefreshDuringRotationKeepsPending(t *testing.T) {
+	r := newRig(t)
+	db, c := r.openC(r.kv("secret_ttl=1h"))
+	db.SetMaxIdleConns(0) // every ping logs in
+	if err := db.Ping(); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	current := c.Stats().VersionID
+	oldPW, pw := r.password, randomPassword()
+	pending, err := r.sm.PutSecretValue(r.secretID, rdsSecret(r.role, pw, nil), "AWSPENDING")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.pg.SetPassword(ctx, r.role, pw); err != nil {
+		t.Fatal(err)
+	}
+	r.password = pw
+	t.Cleanup(func() {
+		if strings.Contains(r.logs.String(), oldPW) {
+			t.Error("a log line contains the previous password")
+		}
+	})
+	if err := db.Ping(); err != nil { // rejected, then recovered with AWSPENDING
+		t.Fatal(err)
+	}
+	if st := c.Stats(); st.Stage != "AWSPENDING" || st.VersionID != pending {
+		t.Fatalf("in use: %s %s, want the pending version %s", st.Stage, st.VersionID, pending)
+	}
+	failures := c.Stats().AuthFailures
+
+	got, err := c.Refresh(ctx)
+	if err != nil || got != current {
+		t.Fatalf("Refresh = %q, %v; want the configured stage's %q", got, err, current)
+	}
+	if st := c.Stats(); st.Stage != "AWSPENDING" || st.VersionID != pending {
+		t.Errorf("after Refresh, in use: %s %s, want still the pending version %s", st.Stage, st.VersionID, pending)
+	}
+	if err := db.Ping(); err != nil {
+		t.Fatal(err)
+	}
+	if n := c.Stats().AuthFailures - failures; n != 0 {
+		t.Errorf("%d logins rejected after Refresh: the version the database no longer accepts was used", n)
+	}
+
+	if err := r.sm.FinishRotation(r.secretID, pending); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := c.Refresh(ctx); err != nil || got != pending {
+		t.Fatalf("Refresh after the rotation = %q, %v; want %q", got, err, pending)
+	}
+	if st := c.Stats(); st.Stage != "AWSCURRENT" || st.VersionID != pending {
+		t.Errorf("after the rotation, in use: %s %s, want AWSCURRENT %s", st.Stage, st.VersionID, pending)
+	}
+}
+
 // median of ds, for logs.
 func median(ds []time.Duration) time.Duration {
 	if len(ds) == 0 {

@@ -19,7 +19,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -49,13 +48,10 @@ const EventFileReadable = "pgsecrets: secret file can be read by every user"
 // use within about a second.
 const fileDefaultTTL = time.Second
 
-// fileReads counts the times the file provider read and parsed content
-// (not the stats of an unchanged file), for the tests.
-var fileReads atomic.Int64
-
-// fileFetches counts the file provider's Fetch calls that got past the
-// lock, for the tests.
-var fileFetches atomic.Int64
+// Test hooks, which do nothing unless file_export_test.go sets them: the
+// provider read and parsed content (not the stats of an unchanged file), or
+// a Fetch got past the lock.
+var testHookFileRead, testHookFileFetch = func() {}, func() {}
 
 func init() {
 	RegisterProvider("file", newFileProvider)
@@ -183,9 +179,9 @@ func (p *fileProvider) Fetch(ctx context.Context, stage string) (*Credentials, e
 			Detail: "gave up waiting for another read of " + p.path}
 	}
 	defer func() { <-p.sem }()
-	// Counted once in, so that a test seeing the count rise knows the
-	// previous call has finished.
-	fileFetches.Add(1)
+	// Once in, so that a test seeing it knows the previous call has
+	// finished.
+	testHookFileFetch()
 
 	for attempt := 1; ; attempt++ {
 		st, err := p.stat(stage)
@@ -321,11 +317,10 @@ func devIno(fi fs.FileInfo) (dev, ino uint64) {
 	return num("Dev"), num("Ino")
 }
 
-// read reads and parses the content stamped st.
 // read reads and parses the files st stamps. It returns the stamp of what
 // it read: for a single file, that of the descriptor it read through.
 func (p *fileProvider) read(st fileStamp, stage string) (*Credentials, fileStamp, error) {
-	fileReads.Add(1)
+	testHookFileRead()
 	var (
 		creds   *Credentials
 		version string

@@ -1,12 +1,22 @@
 package pgsecrets
 
-import "context"
+import (
+	"context"
+	"sync/atomic"
+)
+
+var fileReads, fileFetches atomic.Int64
+
+func init() {
+	testHookFileRead = func() { fileReads.Add(1) }
+	testHookFileFetch = func() { fileFetches.Add(1) }
+}
 
 // FileReads is how many times file providers read content (not the stats
 // of unchanged files) in this process.
 func FileReads() int64 { return fileReads.Load() }
 
-// FileFetches is how many times file providers' Fetch was called.
+// FileFetches is how many times file providers' Fetch got past its lock.
 func FileFetches() int64 { return fileFetches.Load() }
 
 // FileVersionID is the version id a file provider gives a JSON file with

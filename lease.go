@@ -6,6 +6,7 @@ import (
 	"errors"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,7 +27,7 @@ import (
 //     connection of the old one has closed, or when the connector closes.
 //
 // Credentials that do not expire are never wrapped: their connections are
-// lib/pq's own.
+// the engine's own.
 
 const (
 	// minExpiryMargin and maxExpiryMargin bound the default expiry margin,
@@ -39,6 +40,13 @@ const (
 
 // leaseBook tracks the expiring credentials of one cache entry and runs the
 // keeper goroutine that renews, retires and revokes them.
+//
+// The leases are the entry's, shared by every connector on it, so what
+// happens to them (renewals, revocations) is told to every open connector:
+// counted in each one's Stats, logged once to each distinct logger. The
+// keeper's refresh ahead is a store call made for them all; it is counted
+// and logged as the oldest open connector's. A closed connector hears of
+// nothing more.
 type leaseBook struct {
 	e      *entry
 	leaser Leaser // nil if the provider cannot renew or revoke
@@ -47,19 +55,13 @@ type leaseBook struct {
 	all     map[*Credentials]*lease
 	current *lease
 	running bool
-	pol     policy        // of the connector whose fetch started the keeper
+	users   []policy      // of the open connectors, oldest first
 	wake    chan struct{} // buffered: a change the keeper should look at
-
-	renewals      atomic.Int64
-	renewFailures atomic.Int64
-	revocations   atomic.Int64
-	retired       atomic.Int64
 }
 
 // lease is one expiring credential and the connections made with it.
 type lease struct {
 	creds     *Credentials
-	issued    time.Time
 	life      time.Duration // the duration granted at issue
 	margin    time.Duration
 	refreshAt time.Time // when a newer one is fetched, if this is current
@@ -118,7 +120,7 @@ func (b *leaseBook) addLocked(c *Credentials, pol policy, current bool) *lease {
 	if life <= 0 {
 		life = time.Millisecond
 	}
-	l := &lease{creds: c, issued: now, life: life, margin: expiryMargin(pol.margin, life), expires: c.Expires,
+	l := &lease{creds: c, life: life, margin: expiryMargin(pol.margin, life), expires: c.Expires,
 		conns: map[*leaseConn]struct{}{}, capped: !c.Renewable || b.leaser == nil}
 	l.refreshAt = now.Add(time.Duration(float64(life) * (0.6 + 0.1*rand.Float64())))
 	l.nextRenew = now.Add(life / 2)
@@ -127,10 +129,39 @@ func (b *leaseBook) addLocked(c *Credentials, pol policy, current bool) *lease {
 	if current {
 		b.current = l
 	}
-	if b.pol.log == nil {
-		b.pol = pol
-	}
 	return l
+}
+
+// join registers an open connector; leave forgets it (pol.stats tells
+// which). Connectors join when created and leave once closed.
+func (b *leaseBook) join(pol policy) {
+	b.mu.Lock()
+	b.users = append(b.users, pol)
+	b.mu.Unlock()
+}
+
+func (b *leaseBook) leave(pol policy) {
+	b.mu.Lock()
+	b.users = slices.DeleteFunc(b.users, func(u policy) bool { return u.stats == pol.stats })
+	b.mu.Unlock()
+}
+
+// tell reports an event of the entry's leases to every open connector:
+// count (if not nil) runs on each one's counters, and the line is logged
+// once per distinct logger, so connectors sharing a logger do not repeat
+// it. Called without b.mu.
+func (b *leaseBook) tell(count func(*counters), level slog.Level, msg string, args ...any) {
+	b.mu.Lock()
+	users := slices.Clone(b.users)
+	b.mu.Unlock()
+	for i, u := range users {
+		if count != nil {
+			count(u.stats)
+		}
+		if !slices.ContainsFunc(users[:i], func(o policy) bool { return o.log == u.log }) {
+			u.log.Log(context.Background(), level, msg, args...)
+		}
+	}
 }
 
 // discard revokes expiring credentials that were fetched but will never be
@@ -172,10 +203,10 @@ func (b *leaseBook) open(c *Credentials, pol policy) *lease {
 	return l
 }
 
-// opened wraps a connection made with l; failed ends a login that did not
-// produce one.
-func (b *leaseBook) opened(l *lease, conn driver.Conn) driver.Conn {
-	lc := newLeaseConn(conn, b, l)
+// opened wraps a connection made with l for the connector whose counters
+// are stats; failed ends a login that did not produce one.
+func (b *leaseBook) opened(l *lease, conn driver.Conn, stats *counters) *leaseConn {
+	lc := newLeaseConn(conn, b, l, stats)
 	b.mu.Lock()
 	l.dialing--
 	l.conns[lc] = struct{}{}
@@ -297,13 +328,16 @@ func (b *leaseBook) step(now time.Time) time.Time {
 			soon(l.refreshAt)
 		}
 	}
-	pol := b.pol
+	var pol policy
+	if len(b.users) > 0 {
+		pol = b.users[0]
+	} else {
+		refresh = false // every connector is closing: nobody needs a newer lease
+	}
 	b.mu.Unlock()
 
 	for _, lc := range retire {
-		if lc.retireIdle() {
-			b.retired.Add(1)
-		}
+		lc.retireIdle()
 	}
 	for _, c := range revoke {
 		c := c
@@ -313,7 +347,7 @@ func (b *leaseBook) step(now time.Time) time.Time {
 	}
 	for _, l := range renew {
 		l := l
-		if !b.e.spawn(func() { b.renew(l, pol) }) {
+		if !b.e.spawn(func() { b.renew(l) }) {
 			b.mu.Lock()
 			l.renewing = false
 			b.mu.Unlock()
@@ -328,23 +362,19 @@ func (b *leaseBook) step(now time.Time) time.Time {
 }
 
 // renew extends l by its original life.
-func (b *leaseBook) renew(l *lease, pol policy) {
+func (b *leaseBook) renew(l *lease) {
 	ctx, cancel := context.WithTimeout(b.e.ctx, storeTimeout)
 	asked := time.Now()
 	inc := max(l.life.Round(time.Second), time.Second) // stores count in seconds
 	exp, err := b.leaser.Renew(ctx, l.creds, inc)
 	cancel()
 	b.mu.Lock()
-	defer func() {
-		l.renewing = false
-		b.mu.Unlock()
-		b.poke()
-	}()
 	if err != nil {
 		if b.e.ctx.Err() != nil {
+			l.renewing = false
+			b.mu.Unlock()
 			return
 		}
-		b.renewFailures.Add(1)
 		l.renewFails++
 		if errors.Is(err, ErrSecretNotFound) {
 			// The store no longer knows the lease (revoked by someone
@@ -355,12 +385,15 @@ func (b *leaseBook) renew(l *lease, pol policy) {
 		} else {
 			l.nextRenew = time.Now().Add(backoff(backoffBase, max(min(l.life/4, 30*time.Second), backoffBase), l.renewFails))
 		}
-		pol.log.Warn(EventLeaseRenewFailed, "secret_id", b.e.secretID, "lease_id", l.creds.LeaseID,
-			"user", l.creds.Username, "error_kind", kindName(err), "error", err.Error(),
-			"expires_in", time.Until(l.expires).Round(time.Millisecond))
+		expiresIn := time.Until(l.expires).Round(time.Millisecond)
+		l.renewing = false
+		b.mu.Unlock()
+		b.poke()
+		b.tell(func(s *counters) { s.leaseRenewFailures.Add(1) }, slog.LevelWarn, EventLeaseRenewFailed,
+			"secret_id", b.e.secretID, "lease_id", l.creds.LeaseID, "user", l.creds.Username,
+			"error_kind", kindName(err), "error", err.Error(), "expires_in", expiresIn)
 		return
 	}
-	b.renewals.Add(1)
 	l.renewFails = 0
 	if exp.After(l.expires) {
 		l.expires = exp
@@ -368,14 +401,21 @@ func (b *leaseBook) renew(l *lease, pol policy) {
 	}
 	// A lease extended by less than asked (Vault counts whole seconds)
 	// reached its maximum and will not move again.
-	if exp.Before(asked.Add(inc - 500*time.Millisecond)) {
+	capped := exp.Before(asked.Add(inc - 500*time.Millisecond))
+	if capped {
 		l.capped = true
-		pol.log.Info(EventLeaseCapped, "secret_id", b.e.secretID, "lease_id", l.creds.LeaseID,
-			"user", l.creds.Username, "expires_in", time.Until(exp).Round(time.Millisecond))
 	}
 	l.nextRenew = l.expires.Add(-l.life / 2)
-	pol.log.Debug(EventLeaseRenewed, "secret_id", b.e.secretID, "lease_id", l.creds.LeaseID,
-		"user", l.creds.Username, "expires_in", time.Until(l.expires).Round(time.Millisecond))
+	expiresIn := time.Until(l.expires).Round(time.Millisecond)
+	l.renewing = false
+	b.mu.Unlock()
+	b.poke()
+	if capped {
+		b.tell(nil, slog.LevelInfo, EventLeaseCapped, "secret_id", b.e.secretID, "lease_id", l.creds.LeaseID,
+			"user", l.creds.Username, "expires_in", time.Until(exp).Round(time.Millisecond))
+	}
+	b.tell(func(s *counters) { s.leaseRenewals.Add(1) }, slog.LevelDebug, EventLeaseRenewed,
+		"secret_id", b.e.secretID, "lease_id", l.creds.LeaseID, "user", l.creds.Username, "expires_in", expiresIn)
 }
 
 // revoke ends one lease at the store.
@@ -385,20 +425,13 @@ func (b *leaseBook) revoke(parent context.Context, c *Credentials, why string) {
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(parent), revokeTimeout)
 	defer cancel()
-	err := b.leaser.Revoke(ctx, c)
-	b.mu.Lock()
-	log := b.pol.log
-	b.mu.Unlock()
-	if log == nil {
-		log = slog.Default()
-	}
-	if err != nil {
-		log.Warn(EventLeaseRevokeFailed, "secret_id", b.e.secretID, "lease_id", c.LeaseID, "user", c.Username,
-			"reason", why, "error_kind", kindName(err), "error", err.Error())
+	if err := b.leaser.Revoke(ctx, c); err != nil {
+		b.tell(nil, slog.LevelWarn, EventLeaseRevokeFailed, "secret_id", b.e.secretID, "lease_id", c.LeaseID,
+			"user", c.Username, "reason", why, "error_kind", kindName(err), "error", err.Error())
 		return
 	}
-	b.revocations.Add(1)
-	log.Debug(EventLeaseRevoked, "secret_id", b.e.secretID, "lease_id", c.LeaseID, "user", c.Username, "reason", why)
+	b.tell(func(s *counters) { s.leaseRevocations.Add(1) }, slog.LevelDebug, EventLeaseRevoked,
+		"secret_id", b.e.secretID, "lease_id", c.LeaseID, "user", c.Username, "reason", why)
 }
 
 // revokeAll revokes every lease still held; the entry has closed and its
@@ -426,9 +459,15 @@ func (b *leaseBook) revokeAll() {
 	wg.Wait()
 }
 
-// leaseConn is a lib/pq connection made with expiring credentials. It
+// leaseConn is an engine's connection made with expiring credentials. It
 // declines reuse once its lease is within the expiry margin of its end,
 // and closes itself if idle then.
+//
+// database/sql says when it hands a connection out (ResetSession) and gets
+// it back (IsValid), but not for a new one: its opener may park a new
+// connection unused in the pool, and hand it out later with neither call.
+// So a connection starts idle, and the first use that database/sql makes
+// of it without ResetSession checks it as ResetSession would.
 type leaseConn struct {
 	conn   driver.Conn
 	q      driver.QueryerContext
@@ -437,14 +476,16 @@ type leaseConn struct {
 	bt     driver.ConnBeginTx
 	book   *leaseBook
 	l      *lease
+	stats  *counters  // of the connector that made it
+	owner  *Connector // closed with the connection (Driver.Open), or nil
 	mu     sync.Mutex
-	busy   bool // handed out by database/sql (between ResetSession and IsValid)
+	busy   atomic.Bool // in use: written under mu, read without it on the query path
 	closed bool
 	once   sync.Once
 }
 
-func newLeaseConn(conn driver.Conn, b *leaseBook, l *lease) *leaseConn {
-	lc := &leaseConn{conn: conn, book: b, l: l, busy: true}
+func newLeaseConn(conn driver.Conn, b *leaseBook, l *lease, stats *counters) *leaseConn {
+	lc := &leaseConn{conn: conn, book: b, l: l, stats: stats}
 	lc.q, _ = conn.(driver.QueryerContext)
 	lc.x, _ = conn.(driver.ExecerContext)
 	lc.p, _ = conn.(driver.ConnPrepareContext)
@@ -455,17 +496,39 @@ func newLeaseConn(conn driver.Conn, b *leaseBook, l *lease) *leaseConn {
 func (lc *leaseConn) expired() bool { return time.Now().UnixNano() >= lc.l.retireAt.Load() }
 
 // retireIdle closes the connection if database/sql is not using it.
-func (lc *leaseConn) retireIdle() bool {
+func (lc *leaseConn) retireIdle() {
 	lc.mu.Lock()
-	if lc.busy || lc.closed {
+	if lc.busy.Load() || lc.closed {
 		lc.mu.Unlock()
-		return false
+		return
 	}
 	lc.closed = true
 	lc.mu.Unlock()
+	lc.stats.connsRetired.Add(1)
 	_ = lc.conn.Close()
 	lc.once.Do(func() { lc.book.closed(lc) })
-	return true
+}
+
+// use marks the connection in use at the start of every call database/sql
+// makes on it. Handed out without ResetSession while idle, it is checked
+// first: one closed while idle, or within the margin of its lease's end,
+// is refused with driver.ErrBadConn before anything is sent, so that
+// database/sql takes another.
+func (lc *leaseConn) use() error {
+	if lc.busy.Load() {
+		return nil
+	}
+	lc.mu.Lock()
+	defer lc.mu.Unlock()
+	if lc.closed {
+		return driver.ErrBadConn
+	}
+	if lc.expired() {
+		lc.stats.connsRetired.Add(1)
+		return driver.ErrBadConn
+	}
+	lc.busy.Store(true)
+	return nil
 }
 
 // IsValid is called by database/sql when the connection is returned to the
@@ -473,12 +536,12 @@ func (lc *leaseConn) retireIdle() bool {
 func (lc *leaseConn) IsValid() bool {
 	lc.mu.Lock()
 	defer lc.mu.Unlock()
-	lc.busy = false
+	lc.busy.Store(false)
 	if lc.closed {
 		return false
 	}
 	if lc.expired() {
-		lc.book.retired.Add(1)
+		lc.stats.connsRetired.Add(1)
 		return false
 	}
 	if v, ok := lc.conn.(driver.Validator); ok {
@@ -496,10 +559,10 @@ func (lc *leaseConn) ResetSession(ctx context.Context) error {
 	}
 	if lc.expired() {
 		lc.mu.Unlock()
-		lc.book.retired.Add(1)
+		lc.stats.connsRetired.Add(1)
 		return driver.ErrBadConn
 	}
-	lc.busy = true
+	lc.busy.Store(true)
 	lc.mu.Unlock()
 	if r, ok := lc.conn.(driver.SessionResetter); ok {
 		return r.ResetSession(ctx)
@@ -507,7 +570,8 @@ func (lc *leaseConn) ResetSession(ctx context.Context) error {
 	return nil
 }
 
-// Close closes the underlying connection once.
+// Close closes the underlying connection once, and the connector that
+// owns it, if any.
 func (lc *leaseConn) Close() error {
 	lc.mu.Lock()
 	already := lc.closed
@@ -518,15 +582,32 @@ func (lc *leaseConn) Close() error {
 		err = lc.conn.Close()
 	}
 	lc.once.Do(func() { lc.book.closed(lc) })
+	if lc.owner != nil {
+		// Only here, never in retireIdle: closing the last connector waits
+		// for the keeper, which runs retireIdle.
+		_ = lc.owner.Close()
+	}
 	return err
 }
 
-func (lc *leaseConn) Prepare(query string) (driver.Stmt, error) { return lc.conn.Prepare(query) }
+func (lc *leaseConn) Prepare(query string) (driver.Stmt, error) {
+	if err := lc.use(); err != nil {
+		return nil, err
+	}
+	return lc.conn.Prepare(query)
+}
+
 func (lc *leaseConn) Begin() (driver.Tx, error) {
+	if err := lc.use(); err != nil {
+		return nil, err
+	}
 	return lc.conn.Begin() //nolint:staticcheck // driver.Conn requires it
 }
 
 func (lc *leaseConn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {
+	if err := lc.use(); err != nil {
+		return nil, err
+	}
 	if lc.p == nil {
 		return lc.conn.Prepare(query)
 	}
@@ -534,6 +615,9 @@ func (lc *leaseConn) PrepareContext(ctx context.Context, query string) (driver.S
 }
 
 func (lc *leaseConn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
+	if err := lc.use(); err != nil {
+		return nil, err
+	}
 	if lc.bt == nil {
 		return nil, errors.New("pgsecrets: the connection cannot begin transactions with options")
 	}
@@ -541,6 +625,9 @@ func (lc *leaseConn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver
 }
 
 func (lc *leaseConn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
+	if err := lc.use(); err != nil {
+		return nil, err
+	}
 	if lc.q == nil {
 		return nil, driver.ErrSkip
 	}
@@ -548,6 +635,9 @@ func (lc *leaseConn) QueryContext(ctx context.Context, query string, args []driv
 }
 
 func (lc *leaseConn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
+	if err := lc.use(); err != nil {
+		return nil, err
+	}
 	if lc.x == nil {
 		return nil, driver.ErrSkip
 	}
@@ -555,14 +645,17 @@ func (lc *leaseConn) ExecContext(ctx context.Context, query string, args []drive
 }
 
 func (lc *leaseConn) Ping(ctx context.Context) error {
+	if err := lc.use(); err != nil {
+		return err
+	}
 	if p, ok := lc.conn.(driver.Pinger); ok {
 		return p.Ping(ctx)
 	}
 	return nil
 }
 
-// CheckNamedValue keeps lib/pq's argument conversions (arrays, its own
-// types) working through the wrapper.
+// CheckNamedValue keeps the engine's argument conversions (lib/pq's arrays,
+// pgx's types) working through the wrapper.
 func (lc *leaseConn) CheckNamedValue(nv *driver.NamedValue) error {
 	if c, ok := lc.conn.(driver.NamedValueChecker); ok {
 		return c.CheckNamedValue(nv)

@@ -40,7 +40,7 @@ func BenchmarkLeaseConnQuery(b *testing.B) {
 	book := newLeaseBook(&entry{}, nil)
 	l := &lease{conns: map[*leaseConn]struct{}{}}
 	l.retireAt.Store(time.Now().Add(time.Hour).UnixNano())
-	wrapped := newLeaseConn(raw, book, l)
+	wrapped := newLeaseConn(raw, book, l, &counters{})
 
 	dest := make([]driver.Value, 1)
 	for _, bc := range []struct {

@@ -189,7 +189,7 @@ func (c *Connector) recover(ctx context.Context, f failure) (*Credentials, drive
 		}
 	})
 	if !started {
-		return nil, nil, errClosed
+		return nil, nil, c.closedError()
 	}
 	select {
 	case r := <-ch:

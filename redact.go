@@ -11,8 +11,10 @@ const redacted = "[REDACTED]"
 
 // Secret holds a password. Every way Go has of printing or encoding a value
 // (fmt verbs, %#v, JSON, slog) shows [REDACTED]; only Reveal returns the
-// value, and pgsecrets calls it in one place: when handing the password to
-// lib/pq.
+// value. pgsecrets calls it where the value must leave the Secret: to hand
+// it to the engine that logs in (lib/pq in engine.go, pgx in pgxsecrets),
+// and to compare two values (Equal; the env provider's check for a changed
+// variable).
 //
 // The zero Secret is empty.
 type Secret struct {

@@ -48,14 +48,16 @@ type Stats struct {
 	VersionID string
 	Stage     string
 
-	// Expiring credentials (leases), for the whole cache entry, which
-	// every connector on the same secret and store shares: LeasesHeld is
-	// the number of leases held now (the current one, and older ones still
-	// serving open connections); LeaseRenewals and LeaseRenewFailures count
-	// renewals; LeaseRevocations counts leases revoked before their end
-	// (superseded, unused, at Close); ConnsRetired counts connections
-	// closed because their lease was about to end. Expires is when the
-	// credentials new connections use end (zero if they do not expire).
+	// Expiring credentials (leases). The leases belong to the cache entry,
+	// which every connector on the same secret and store shares:
+	// LeasesHeld is the number it holds now (the current one, and older
+	// ones still serving open connections); LeaseRenewals and
+	// LeaseRenewFailures count its renewals, and LeaseRevocations the
+	// leases it revoked before their end (superseded, unused, at the last
+	// Close), each while this connector was open. ConnsRetired counts this
+	// connector's connections closed because their lease was about to
+	// end. Expires is when the credentials new connections use end (zero
+	// if they do not expire).
 	LeasesHeld         int
 	LeaseRenewals      int64
 	LeaseRenewFailures int64
@@ -65,8 +67,15 @@ type Stats struct {
 }
 
 // Stats returns the connector's counters. It is safe to call concurrently
-// with everything else.
+// with everything else. A closed connector's Stats no longer change.
 func (c *Connector) Stats() Stats {
+	if s := c.final.Load(); s != nil {
+		return *s
+	}
+	return c.snapshot()
+}
+
+func (c *Connector) snapshot() Stats {
 	s := Stats{
 		StoreCalls:     c.stats.storeCalls.Load(),
 		CacheHits:      c.stats.cacheHits.Load(),
@@ -77,6 +86,11 @@ func (c *Connector) Stats() Stats {
 		PendingUses:    c.stats.pendingUses.Load(),
 		BreakerRejects: c.stats.breakerRejects.Load(),
 		BreakerOpens:   c.guard.opens.Load(),
+
+		LeaseRenewals:      c.stats.leaseRenewals.Load(),
+		LeaseRenewFailures: c.stats.leaseRenewFailures.Load(),
+		LeaseRevocations:   c.stats.leaseRevocations.Load(),
+		ConnsRetired:       c.stats.connsRetired.Load(),
 	}
 	switch c.guard.cb.State() {
 	case gobreaker.StateOpen:
@@ -96,8 +110,6 @@ func (c *Connector) Stats() Stats {
 	e.mu.Unlock()
 	b := e.leases
 	s.LeasesHeld = b.held()
-	s.LeaseRenewals, s.LeaseRenewFailures = b.renewals.Load(), b.renewFailures.Load()
-	s.LeaseRevocations, s.ConnsRetired = b.revocations.Load(), b.retired.Load()
 	if cr.expiring() {
 		s.Expires = b.expires(cr)
 	}

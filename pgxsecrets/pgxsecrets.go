@@ -33,6 +33,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
 
@@ -111,7 +112,7 @@ func ParseConfig(dsn string, opts ...pgsecrets.Option) (*pgxpool.Config, error) 
 		return nil, &pgsecrets.DSNError{Msg: "pgx rejected the DSN", Err: err}
 	}
 	pc.ConnConfig.Password = ""
-	c := &state{Config: pc, connector: connector, targets: newTargets(ec), leases: make(chan struct{})}
+	c := &state{Config: pc, connector: connector, secretID: cfg.SecretID, targets: newTargets(ec), leases: make(chan struct{})}
 	c.install()
 	states.Store(pc, c)
 	return pc, nil
@@ -135,6 +136,7 @@ func Connector(cfg *pgxpool.Config) *pgsecrets.Connector {
 type state struct {
 	*pgxpool.Config
 	connector *pgsecrets.Connector
+	secretID  string
 	targets   *targets
 	own       hooks // pgsecrets' hooks, as installed
 	userHooks hooks // the user's, run after them
@@ -159,7 +161,8 @@ type attempt struct {
 
 type attemptKey struct{}
 
-// connData keys the pgx connection's custom data.
+// connData keys the pgx connection's custom data: the credentials it
+// logged in with, and its hold on their lease.
 const (
 	keyCreds   = "pgsecrets.credentials"
 	keyRelease = "pgsecrets.release"
@@ -181,31 +184,47 @@ func (c *state) install() {
 			a.release = release
 		}
 		if err := c.targets.setCreds(cc, creds); err != nil {
-			return err
+			return &pgsecrets.SecretError{Kind: pgsecrets.ErrConnect, SecretID: c.secretID, Stage: creds.Stage,
+				VersionID: creds.VersionID, Err: err}
 		}
 		if c.userHooks.beforeConnect != nil {
-			return c.userHooks.beforeConnect(ctx, cc)
+			if err := c.userHooks.beforeConnect(ctx, cc); err != nil {
+				return err
+			}
+		}
+		// The credentials travel with the connection they log in: by the
+		// time AfterConnect runs, the cache may hold others (a rotation),
+		// which this login has not proven. Set after the user's hook, so
+		// that it cannot be replaced; a pgconn AfterConnect the user set
+		// runs after it.
+		next := cc.AfterConnect
+		cc.AfterConnect = func(ctx context.Context, pc *pgconn.PgConn) error {
+			pc.CustomData()[keyCreds] = creds
+			if next != nil {
+				return next(ctx, pc)
+			}
+			return nil
 		}
 		return nil
 	}
 	c.AfterConnect = func(ctx context.Context, conn *pgx.Conn) error {
-		var creds *pgsecrets.Credentials
-		if a, ok := ctx.Value(attemptKey{}).(*attempt); ok && a.creds != nil {
-			creds = a.creds
-		} else if cur, err := c.connector.Credentials(ctx); err == nil && cur.Username == conn.Config().User {
-			creds = cur
-		}
+		d := conn.PgConn().CustomData()
+		creds, _ := d[keyCreds].(*pgsecrets.Credentials)
+		release := func() {}
 		if creds != nil {
 			if !creds.Expires.IsZero() {
 				c.leaseOnce.Do(func() { close(c.leases) })
 			}
 			c.connector.LoggedIn(creds)
-			release, retire := c.connector.Hold(creds)
-			d := conn.PgConn().CustomData()
-			d[keyCreds], d[keyRelease], d[keyRetire] = creds, release, retire
+			var retire func() time.Time
+			release, retire = c.connector.Hold(creds)
+			d[keyRelease], d[keyRetire] = release, retire
 		}
 		if c.userHooks.afterConnect != nil {
-			return c.userHooks.afterConnect(ctx, conn)
+			if err := c.userHooks.afterConnect(ctx, conn); err != nil {
+				release() // pgxpool closes the connection without BeforeClose
+				return err
+			}
 		}
 		return nil
 	}
@@ -266,7 +285,7 @@ func NewPoolWithConfig(ctx context.Context, pc *pgxpool.Config) (*Pool, error) {
 		cfg.connector.Close()
 		return nil, err
 	}
-	pool := &Pool{pool: p, connector: cfg.connector, done: make(chan struct{}), swept: make(chan struct{})}
+	pool := &Pool{pool: p, connector: cfg.connector, secretID: cfg.secretID, done: make(chan struct{}), swept: make(chan struct{})}
 	go pool.sweep(cfg.leases)
 	return pool, nil
 }

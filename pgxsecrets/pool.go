@@ -2,11 +2,14 @@ package pgxsecrets
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"sync"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/puddle/v2"
 
 	"github.com/pgsecrets/pgsecrets"
 )
@@ -20,6 +23,7 @@ const maxRecoveries = 3
 type Pool struct {
 	pool      *pgxpool.Pool
 	connector *pgsecrets.Connector
+	secretID  string
 	done      chan struct{} // closed by Close
 	swept     chan struct{} // closed when the sweeper has stopped
 	closeOnce sync.Once
@@ -36,7 +40,8 @@ func (p *Pool) Connector() *pgsecrets.Connector { return p.connector }
 // retry runs call until it does not fail with a rejected login of a new
 // connection, recovering in between (see pgsecrets.Connector.Recover). A
 // failed login sends nothing of the call to the database, so running it
-// again is safe.
+// again is safe. A call that fails while making a new connection fails as
+// Connect would (see callError).
 func retry[T any](ctx context.Context, p *Pool, call func(ctx context.Context) (T, error)) (T, error) {
 	for i := 0; ; i++ {
 		a := &attempt{}
@@ -47,8 +52,19 @@ func retry[T any](ctx context.Context, p *Pool, call func(ctx context.Context) (
 			}
 			a.release()
 		}
-		if err == nil || !pgsecrets.IsAuthFailure(err) || i == maxRecoveries {
-			return v, err
+		if err == nil {
+			return v, nil
+		}
+		if !pgsecrets.IsAuthFailure(err) {
+			return v, p.callError(ctx, a.creds, err)
+		}
+		if i == maxRecoveries {
+			se := &pgsecrets.SecretError{Kind: pgsecrets.ErrAuthFailed, SecretID: p.secretID, SQLState: sqlState(err), Err: err,
+				Detail: fmt.Sprintf("credentials were rejected right after recovery found them working, %d times in a row", i)}
+			if a.creds != nil {
+				se.Stage, se.VersionID = a.creds.Stage, a.creds.VersionID
+			}
+			return v, se
 		}
 		creds := a.creds
 		if creds == nil {
@@ -63,6 +79,44 @@ func retry[T any](ctx context.Context, p *Pool, call func(ctx context.Context) (
 			return zero, rerr
 		}
 	}
+}
+
+// callError is the error of a call that failed other than by a rejected
+// login. One that failed making a new connection gets the *SecretError
+// Connect would return: ErrClosed once the pool is closed, ErrConnect
+// wrapping pgx's error, or the caller's context error if ctx ended during
+// the login. Errors that are already pgsecrets' (from BeforeConnect) and
+// the errors of the call's own work (a query's *pgconn.PgError) are
+// returned as they are.
+func (p *Pool) callError(ctx context.Context, creds *pgsecrets.Credentials, err error) error {
+	var se *pgsecrets.SecretError
+	if errors.As(err, &se) {
+		return err
+	}
+	if errors.Is(err, puddle.ErrClosedPool) {
+		return &pgsecrets.SecretError{Kind: pgsecrets.ErrClosed, SecretID: p.secretID, Err: err}
+	}
+	var ce *pgconn.ConnectError
+	if !errors.As(err, &ce) {
+		return err
+	}
+	se = &pgsecrets.SecretError{Kind: pgsecrets.ErrConnect, SecretID: p.secretID, SQLState: sqlState(err), Err: err}
+	if ctx.Err() != nil {
+		se.Kind, se.Detail = ctx.Err(), "gave up while logging in to the database"
+	}
+	if creds != nil {
+		se.Stage, se.VersionID = creds.Stage, creds.VersionID
+	}
+	return se
+}
+
+// sqlState is the SQLSTATE of the server's error in err, or "".
+func sqlState(err error) string {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		return pe.Code
+	}
+	return ""
 }
 
 // Acquire returns a connection from the pool, logging in with the secret's
