@@ -106,6 +106,10 @@ func customEndpoint(client SecretsManagerClient) string {
 	return ""
 }
 
+// PendingStage implements Staged: AWS's rotation writes AWSPENDING before
+// it changes the database.
+func (p *awsProvider) PendingStage() string { return "AWSPENDING" }
+
 // StoreEndpoint implements Endpointer.
 func (p *awsProvider) StoreEndpoint() StoreEndpoint {
 	return StoreEndpoint{Store: "AWS Secrets Manager", URL: p.endpoint}

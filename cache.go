@@ -54,9 +54,6 @@ const pendingRecheck = 5 * time.Second
 // delay is jittered up to twice that.
 const rotateGraceMin = 100 * time.Millisecond
 
-// stagePending is the stage AWS's rotation writes the new password to.
-const stagePending = "AWSPENDING"
-
 // registry holds the cache entries shared by every connector of the
 // process, keyed by secret, stage, region, endpoint and provider.
 var registry = struct {
@@ -98,7 +95,9 @@ type entry struct {
 
 	breakers sync.Map // target → *breaker
 	leases   *leaseBook
-	unstaged bool // the provider has no version stages
+	// pendingStage is where the store keeps a rotation's credentials
+	// before the database has them (see Staged); "" when it has no stages.
+	pendingStage string
 }
 
 func acquireEntry(key, secretID, stage string, p Provider) *entry {
@@ -115,7 +114,9 @@ func acquireEntry(key, secretID, stage string, p Provider) *entry {
 	e := &entry{key: key, secretID: secretID, stage: stage, provider: p, ctx: ctx, cancel: cancel, refs: 1,
 		lastCall: map[string]time.Time{}, calling: map[string]time.Time{}}
 	e.leases = newLeaseBook(e, p)
-	_, e.unstaged = p.(Unstaged)
+	if s, ok := p.(Staged); ok && s.PendingStage() != stage {
+		e.pendingStage = s.PendingStage()
+	}
 	registry.m[key] = e
 	return e
 }
@@ -461,7 +462,7 @@ func (e *entry) call(stage string, pol policy, gen int64) (*Credentials, error) 
 			lvl = slog.LevelDebug
 		}
 		e.mu.Unlock()
-		if stage == stagePending && errors.Is(err, ErrSecretNotFound) {
+		if stage == e.pendingStage && errors.Is(err, ErrSecretNotFound) {
 			lvl = slog.LevelDebug // no rotation in progress: the usual case
 		}
 		pol.log.Log(context.Background(), lvl, EventFetchFailed, "secret_id", e.secretID, "stage", stage,

@@ -384,7 +384,7 @@ func (c *Connector) dial(ctx context.Context, creds *Credentials) (driver.Conn, 
 		}
 		return nil, err
 	}
-	if creds.Stage == stagePending {
+	if creds.Stage != "" && creds.Stage == c.entry.pendingStage {
 		c.stats.pendingUses.Add(1)
 	}
 	return conn, nil

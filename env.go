@@ -54,9 +54,6 @@ type envProvider struct {
 	last *Credentials // returned again while the variables are unchanged
 }
 
-// Unstaged implements Unstaged: the environment has no version stages.
-func (p *envProvider) Unstaged() {}
-
 // CacheKey implements CacheKeyer. secret_id (the password variable) is
 // part of the cache key already; connectors that take the username from
 // different places must not share credentials.

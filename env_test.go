@@ -103,8 +103,8 @@ func TestEnvProviderInterfaces(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, ok := p.(pgsecrets.Unstaged); !ok {
-			t.Error("env provider is not Unstaged")
+		if _, ok := p.(pgsecrets.Staged); ok {
+			t.Error("env provider claims a pending stage")
 		}
 		k, ok := p.(pgsecrets.CacheKeyer)
 		if !ok {

@@ -134,9 +134,6 @@ type fileProvider struct {
 	warnedWritable, warnedReadable bool
 }
 
-// Unstaged implements Unstaged: files have no version stages.
-func (p *fileProvider) Unstaged() {}
-
 // CacheKey implements CacheKeyer: connectors reading the same path share
 // one cache.
 func (p *fileProvider) CacheKey() string { return p.path }

@@ -109,8 +109,8 @@ func TestFileProviderFetch(t *testing.T) {
 	if k, ok := p.(pgsecrets.CacheKeyer); !ok || k.CacheKey() != abs {
 		t.Errorf("cache key: %v, want %q", p, abs)
 	}
-	if _, ok := p.(pgsecrets.Unstaged); !ok {
-		t.Error("file provider is not Unstaged")
+	if _, ok := p.(pgsecrets.Staged); ok {
+		t.Error("file provider claims a pending stage")
 	}
 	if cfg.TTL != time.Second {
 		t.Errorf("default ttl %s, want 1s", cfg.TTL)

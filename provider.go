@@ -89,11 +89,15 @@ type Leaser interface {
 	Revoke(ctx context.Context, c *Credentials) error
 }
 
-// Unstaged is implemented by providers whose store keeps no version stages
-// (Vault, files, the environment): recovery after an authentication
-// failure then fetches the secret again but never asks for AWSPENDING.
-type Unstaged interface {
-	Unstaged()
+// Staged is implemented by providers whose store keeps a rotation's new
+// credentials under a stage of their own before the database accepts them
+// (AWS Secrets Manager's AWSPENDING, which AWS's rotation writes before it
+// changes the database). Recovery after a rejected login then tries that
+// stage too, once the configured one has nothing better. Other providers
+// (Vault, files, the environment) are only fetched again.
+type Staged interface {
+	// PendingStage names that stage.
+	PendingStage() string
 }
 
 // CacheKeyer is implemented by providers whose connectors may share a

@@ -314,8 +314,8 @@ func (c *Connector) recoverRounds(f failure, oneRound bool) (recovered, error) {
 
 		// AWSPENDING: AWS's rotation writes it before changing the
 		// database, and moves the configured stage to it only at the end.
-		if e.stage != stagePending && !e.unstaged {
-			pend, err := e.fetch(ctx, stagePending, c.pol, anyGen)
+		if e.pendingStage != "" {
+			pend, err := e.fetch(ctx, e.pendingStage, c.pol, anyGen)
 			if err == nil && !seen(pend) {
 				done, derr := try(pend)
 				if done && derr == nil {
@@ -361,9 +361,9 @@ func (c *Connector) recoverRounds(f failure, oneRound bool) (recovered, error) {
 	c.log.Warn(EventRecoveryFailed, "secret_id", c.cfg.SecretID, "stage", failed.Stage, "version_id", failed.VersionID,
 		"user", failed.Username, "sqlstate", state, "took", time.Since(start).Round(time.Millisecond),
 		"credentials_tried", len(tried))
-	read := fmt.Sprintf("fetching the secret again (%s and %s)", e.stage, stagePending)
-	if e.unstaged {
-		read = "fetching the secret again"
+	read := "fetching the secret again"
+	if e.pendingStage != "" {
+		read = fmt.Sprintf("fetching the secret again (%s and %s)", e.stage, e.pendingStage)
 	}
 	detail := fmt.Sprintf("the database rejected user %q, and %s for %s found no credentials it accepts",
 		failed.Username, read, window)

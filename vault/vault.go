@@ -257,9 +257,6 @@ func tokenFromFile() string {
 // one cache entry (and one lease) per path.
 func (p *provider) CacheKey() string { return p.cacheKey }
 
-// Unstaged: Vault has no version stages.
-func (p *provider) Unstaged() {}
-
 // Fetch reads the path. stage is ignored: Vault has no stages.
 func (p *provider) Fetch(ctx context.Context, stage string) (*pgsecrets.Credentials, error) {
 	if err := p.ensureToken(ctx); err != nil {
