@@ -90,7 +90,8 @@ func NewConnector(dsn string, opts ...Option) (*Connector, error) {
 			return nil, unknownProviderError(cfg.Provider)
 		}
 		ctx, cancel := context.WithTimeout(context.WithValue(context.Background(), loggerKey{}, c.log), 30*time.Second)
-		provider, err = info.factory(ctx, cfg)
+		given := *cfg // factories read the configuration; they declare defaults (TTLDefaulter) rather than edit it
+		provider, err = info.factory(ctx, &given)
 		cancel()
 		if err != nil {
 			return nil, err
@@ -100,8 +101,9 @@ func NewConnector(dsn string, opts ...Option) (*Connector, error) {
 			identity = cfg.Provider + ":" + k.CacheKey()
 		}
 	}
-	// After the factory: a provider may change its defaults (the file
-	// provider's short TTL).
+	if d, ok := provider.(TTLDefaulter); ok && !cfg.explicit(keyTTL) && d.DefaultTTL() > 0 {
+		cfg.TTL = d.DefaultTTL()
+	}
 	c.pol = policy{ttl: cfg.TTL, maxStale: cfg.MaxStale, margin: cfg.ExpiryMargin, log: c.log, stats: &c.stats}
 	key := fmt.Sprintf("%s|%s|%s|%s|%s", identity, cfg.SecretID, cfg.VersionStage, cfg.UsernameKey, cfg.PasswordKey)
 	c.entry = acquireEntry(key, cfg.SecretID, cfg.VersionStage, provider)

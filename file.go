@@ -95,9 +95,6 @@ func newFileProvider(ctx context.Context, cfg *Config) (Provider, error) {
 	if err != nil {
 		return nil, &DSNError{Key: keySecretID, Msg: "cannot make the secret file's path absolute", Err: err}
 	}
-	if !cfg.explicit(keyTTL) {
-		cfg.TTL = fileDefaultTTL
-	}
 	return &fileProvider{
 		path:        filepath.Clean(abs),
 		secretID:    cfg.SecretID,
@@ -111,6 +108,10 @@ func newFileProvider(ctx context.Context, cfg *Config) (Provider, error) {
 // explicit reports whether the DSN set the secret_* key, as opposed to a
 // default filling it in.
 func (c *Config) explicit(key string) bool { return c.set[key] }
+
+// DefaultTTL implements TTLDefaulter: a check is one stat, so a second
+// keeps a rewritten file from waiting for the DSN's usual ten minutes.
+func (p *fileProvider) DefaultTTL() time.Duration { return fileDefaultTTL }
 
 // fileProvider reads credentials from a file or a Kubernetes-style
 // directory (see newFileProvider).

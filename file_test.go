@@ -112,11 +112,20 @@ func TestFileProviderFetch(t *testing.T) {
 	if _, ok := p.(pgsecrets.Staged); ok {
 		t.Error("file provider claims a pending stage")
 	}
-	if cfg.TTL != time.Second {
-		t.Errorf("default ttl %s, want 1s", cfg.TTL)
+	// The provider declares its default; its factory leaves the Config
+	// alone, and the connector applies the default unless the DSN set one.
+	if d, ok := p.(pgsecrets.TTLDefaulter); !ok || d.DefaultTTL() != time.Second || cfg.TTL != pgsecrets.DefaultTTL {
+		t.Errorf("file provider's default ttl: declared %v, Config edited to %s", ok, cfg.TTL)
 	}
-	if _, cfg, _ := pgsecrets.NewProviderForTest("secret_provider=file secret_id=db.json secret_ttl=5m"); cfg.TTL != 5*time.Minute {
-		t.Errorf("explicit ttl became %s", cfg.TTL)
+	for dsn, want := range map[string]time.Duration{"": time.Second, " secret_ttl=5m": 5 * time.Minute} {
+		c, err := pgsecrets.NewConnector("secret_provider=file secret_id=db.json" + dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := c.Config().TTL; got != want {
+			t.Errorf("%q: connector's ttl %s, want %s", dsn, got, want)
+		}
+		c.Close()
 	}
 
 	// No file yet, then a half-written one with nothing before it.

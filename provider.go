@@ -89,6 +89,14 @@ type Leaser interface {
 	Revoke(ctx context.Context, c *Credentials) error
 }
 
+// TTLDefaulter is implemented by providers whose store calls for another
+// secret_ttl than DefaultTTL (the file provider: a check is one stat). It
+// applies when the DSN does not set secret_ttl; a factory never edits the
+// Config it is given.
+type TTLDefaulter interface {
+	DefaultTTL() time.Duration
+}
+
 // Staged is implemented by providers whose store keeps a rotation's new
 // credentials under a stage of their own before the database accepts them
 // (AWS Secrets Manager's AWSPENDING, which AWS's rotation writes before it
