@@ -76,6 +76,8 @@ type entry struct {
 	refs   int // guarded by registry
 	sf     singleflight.Group
 
+	// mu comes before leaseBook.mu and the breakers' locks (see doc.go);
+	// it is never held across I/O.
 	mu          sync.Mutex
 	closed      bool
 	cur         *Credentials // last version fetched at stage

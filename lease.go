@@ -51,6 +51,8 @@ type leaseBook struct {
 	e      *entry
 	leaser Leaser // nil if the provider cannot renew or revoke
 
+	// mu is taken after entry.mu, never before it: the keeper lets go of
+	// mu before it takes entry.mu.
 	mu      sync.Mutex
 	all     map[*Credentials]*lease
 	current *lease
