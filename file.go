@@ -100,7 +100,7 @@ func newFileProvider(ctx context.Context, cfg *Config) (Provider, error) {
 		secretID:    cfg.SecretID,
 		usernameKey: cfg.UsernameKey,
 		passwordKey: cfg.PasswordKey,
-		log:         FactoryLogger(ctx),
+		log:         factoryLogger(ctx),
 		sem:         make(chan struct{}, 1),
 	}, nil
 }

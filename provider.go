@@ -139,10 +139,10 @@ type ProviderFactory func(ctx context.Context, cfg *Config) (Provider, error)
 
 type loggerKey struct{}
 
-// FactoryLogger returns the logger of the connector a ProviderFactory is
+// factoryLogger returns the logger of the connector a ProviderFactory is
 // building a provider for (WithLogger, else slog.Default()), for providers
 // that log (the file provider's warnings). ctx is the factory's.
-func FactoryLogger(ctx context.Context) *slog.Logger {
+func factoryLogger(ctx context.Context) *slog.Logger {
 	if l, ok := ctx.Value(loggerKey{}).(*slog.Logger); ok && l != nil {
 		return l
 	}
@@ -192,8 +192,8 @@ func RegisterProvider(name string, factory ProviderFactory, keys ...string) {
 	providers.m[name] = providerInfo{factory: factory, keys: slices.Clone(keys)}
 }
 
-// Providers returns the names of the registered providers, sorted.
-func Providers() []string {
+// providerNames returns the names of the registered providers, sorted.
+func providerNames() []string {
 	providers.RLock()
 	defer providers.RUnlock()
 	names := make([]string, 0, len(providers.m))
@@ -226,7 +226,7 @@ func providerOfKey(key string) string {
 // unknownProviderError is the DSN error for a secret_provider nobody
 // registered.
 func unknownProviderError(name string) error {
-	msg := fmt.Sprintf("%q is not a registered provider; registered: %s", name, strings.Join(Providers(), ", "))
+	msg := fmt.Sprintf("%q is not a registered provider; registered: %s", name, strings.Join(providerNames(), ", "))
 	if imp, ok := knownImports[name]; ok {
 		msg += fmt.Sprintf(`; add import _ %q to the program to register it`, imp)
 	}

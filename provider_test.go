@@ -37,8 +37,8 @@ func TestProviderDSN(t *testing.T) {
 	if cfg.Region != "" {
 		t.Errorf("region %q for a provider that is not awssm", cfg.Region)
 	}
-	if ps := Providers(); !strings.Contains(strings.Join(ps, ","), "awssm") || !strings.Contains(strings.Join(ps, ","), "dsntest") {
-		t.Errorf("Providers() = %v", ps)
+	if ps := providerNames(); !strings.Contains(strings.Join(ps, ","), "awssm") || !strings.Contains(strings.Join(ps, ","), "dsntest") {
+		t.Errorf("providerNames() = %v", ps)
 	}
 }
 
