@@ -57,7 +57,8 @@ func parseConnSettings(params string) (connSettings, error) {
 	if strings.HasPrefix(params, "postgres://") || strings.HasPrefix(params, "postgresql://") {
 		var err error
 		if kv, err = pq.ParseURL(params); err != nil {
-			return connSettings{}, fmt.Errorf("rotate: connection parameters: %w", err)
+			// url's errors quote the URL, which may hold a password.
+			return connSettings{}, errors.New("rotate: connection parameters: not a valid postgres:// URL")
 		}
 	}
 	// pgsecrets.ParseDSN needs a secret_id; the placeholder never leaves

@@ -42,9 +42,13 @@ func TestConnParamsNeverWeakened(t *testing.T) {
 			}
 		})
 	}
-	for _, bad := range []string{"port=70000", "sslmode=sometimes", "postgres://h:99999/db", "host='unterminated"} {
-		if _, err := parseConnSettings(bad); err == nil {
+	for _, bad := range []string{"port=70000", "sslmode=sometimes", "postgres://h:99999/db", "host='unterminated",
+		"postgres://u:pw-never-printed@h:5432/db%zz", "postgres://u:pw-never-printed@h:x/db"} {
+		_, err := parseConnSettings(bad)
+		if err == nil {
 			t.Errorf("%q accepted", bad)
+		} else if strings.Contains(err.Error(), "pw-never-printed") {
+			t.Errorf("the error repeats the password: %v", err)
 		}
 	}
 }
