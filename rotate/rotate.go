@@ -41,6 +41,15 @@
 // are never the ones a lock conflict cancels. Grants belong on the owner:
 // nothing is copied to the clone any more. Check reports a pair whose
 // users would not both work.
+//
+// The secret is input from whoever can write it, and the network may
+// answer for the database (guard.go): before anything is done as the
+// admin, AWSCURRENT must log in; the pending version may change only the
+// password (and the user, to its alternate); the admin logs in only where
+// its own secret or the operator's ConnParams say, over verify-full by
+// default, and only for a secret that names that server; privileged roles
+// and the admin itself are never targets without AllowPrivilegedRoles.
+// Refusals wrap ErrRefused.
 package rotate
 
 import (
