@@ -3,10 +3,6 @@ package pgsecrets
 import (
 	"context"
 	"database/sql/driver"
-	"fmt"
-	"sort"
-	"strings"
-	"sync"
 
 	"github.com/lib/pq"
 )
@@ -55,14 +51,9 @@ type EngineFactory func(cfg EngineConfig) (Engine, error)
 // DefaultEngine is the engine used when the DSN has no secret_driver.
 const DefaultEngine = "pq"
 
-var engines = struct {
-	sync.RWMutex
-	m map[string]EngineFactory
-}{m: map[string]EngineFactory{}}
-
-var knownEngineImports = map[string]string{
+var engines = newNamedSet[EngineFactory]("engine", keyDriver, map[string]string{
 	"pgx": "github.com/pgsecrets/pgsecrets/pgxsecrets",
-}
+})
 
 // RegisterEngine makes an engine available as secret_driver=name. It is
 // meant for init functions and panics on an empty or duplicate name.
@@ -70,35 +61,12 @@ func RegisterEngine(name string, f EngineFactory) {
 	if name == "" || f == nil {
 		panic("pgsecrets: RegisterEngine needs a name and a factory")
 	}
-	engines.Lock()
-	defer engines.Unlock()
-	if _, dup := engines.m[name]; dup {
-		panic(fmt.Sprintf("pgsecrets: engine %q registered twice", name))
-	}
-	engines.m[name] = f
+	engines.add(name, f)
 }
 
-func lookupEngine(name string) (EngineFactory, bool) {
-	engines.RLock()
-	defer engines.RUnlock()
-	f, ok := engines.m[name]
-	return f, ok
-}
+func lookupEngine(name string) (EngineFactory, bool) { return engines.lookup(name) }
 
-func unknownEngineError(name string) error {
-	engines.RLock()
-	names := make([]string, 0, len(engines.m))
-	for n := range engines.m {
-		names = append(names, n)
-	}
-	engines.RUnlock()
-	sort.Strings(names)
-	msg := fmt.Sprintf("%q is not a registered engine; registered: %s", name, strings.Join(names, ", "))
-	if imp, ok := knownEngineImports[name]; ok {
-		msg += fmt.Sprintf(`; add import _ %q to the program to register it`, imp)
-	}
-	return &DSNError{Key: keyDriver, Msg: msg}
-}
+func unknownEngineError(name string) error { return engines.unknown(name) }
 
 func init() {
 	RegisterEngine(DefaultEngine, newPQEngine)

@@ -7,10 +7,8 @@ import (
 	"log/slog"
 	"math"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 )
 
@@ -157,17 +155,9 @@ type providerInfo struct {
 	keys    []string
 }
 
-var providers = struct {
-	sync.RWMutex
-	m map[string]providerInfo
-}{m: map[string]providerInfo{}}
-
-// knownImports names the packages that register the providers pgsecrets
-// ships outside its core module, for the error of a DSN that asks for one
-// that was not imported.
-var knownImports = map[string]string{
+var providers = newNamedSet[providerInfo]("provider", keyProvider, map[string]string{
 	"vault": "github.com/pgsecrets/pgsecrets/vault",
-}
+})
 
 // RegisterProvider makes a provider available as secret_provider=name.
 // keys are the DSN keys the provider reads beyond the core's (each must
@@ -184,54 +174,22 @@ func RegisterProvider(name string, factory ProviderFactory, keys ...string) {
 			panic(fmt.Sprintf("pgsecrets: provider %q: key %q must start with secret_ and not be a core key", name, k))
 		}
 	}
-	providers.Lock()
-	defer providers.Unlock()
-	if _, dup := providers.m[name]; dup {
-		panic(fmt.Sprintf("pgsecrets: provider %q registered twice", name))
-	}
-	providers.m[name] = providerInfo{factory: factory, keys: slices.Clone(keys)}
+	providers.add(name, providerInfo{factory: factory, keys: slices.Clone(keys)})
 }
 
 // providerNames returns the names of the registered providers, sorted.
-func providerNames() []string {
-	providers.RLock()
-	defer providers.RUnlock()
-	names := make([]string, 0, len(providers.m))
-	for n := range providers.m {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	return names
-}
+func providerNames() []string { return providers.names() }
 
-func lookupProvider(name string) (providerInfo, bool) {
-	providers.RLock()
-	defer providers.RUnlock()
-	p, ok := providers.m[name]
-	return p, ok
-}
+func lookupProvider(name string) (providerInfo, bool) { return providers.lookup(name) }
 
 // providerOfKey returns the registered provider that reads key, if any.
 func providerOfKey(key string) string {
-	providers.RLock()
-	defer providers.RUnlock()
-	for n, p := range providers.m {
-		if slices.Contains(p.keys, key) {
-			return n
-		}
-	}
-	return ""
+	return providers.find(func(p providerInfo) bool { return slices.Contains(p.keys, key) })
 }
 
 // unknownProviderError is the DSN error for a secret_provider nobody
 // registered.
-func unknownProviderError(name string) error {
-	msg := fmt.Sprintf("%q is not a registered provider; registered: %s", name, strings.Join(providerNames(), ", "))
-	if imp, ok := knownImports[name]; ok {
-		msg += fmt.Sprintf(`; add import _ %q to the program to register it`, imp)
-	}
-	return &DSNError{Key: keyProvider, Msg: msg}
-}
+func unknownProviderError(name string) error { return providers.unknown(name) }
 
 // maxSecretSize is Secrets Manager's limit on a SecretString.
 const maxSecretSize = 65536

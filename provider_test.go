@@ -3,6 +3,7 @@ package pgsecrets
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -102,5 +103,30 @@ func TestEngineDSNErrors(t *testing.T) {
 	cfg, err := ParseDSN("secret_id=x secret_driver=pgx")
 	if err != nil || cfg.Driver != "pgx" || !strings.Contains(cfg.FormatDSN(), "secret_driver=pgx") {
 		t.Errorf("ParseDSN: %+v, %v", cfg, err)
+	}
+}
+
+// Providers and engines share one registry shape: the same errors for an
+// unknown name (naming the import that registers a known one) and the same
+// refusal of a second registration.
+func TestRegistriesShareOneShape(t *testing.T) {
+	_, err := NewConnector("secret_id=x secret_region=eu-west-1 secret_driver=pgx")
+	var de *DSNError
+	if !errors.As(err, &de) || de.Key != keyDriver || !strings.Contains(err.Error(), `"pgx" is not a registered engine`) ||
+		!strings.Contains(err.Error(), `import _ "github.com/pgsecrets/pgsecrets/pgxsecrets"`) || !strings.Contains(err.Error(), "registered: pq") {
+		t.Errorf("unknown engine: %v", err)
+	}
+	for what, register := range map[string]func(){
+		"provider": func() { RegisterProvider(DefaultProvider, newAWSProvider) },
+		"engine":   func() { RegisterEngine(DefaultEngine, newPQEngine) },
+	} {
+		func() {
+			defer func() {
+				if r := recover(); r == nil || !strings.Contains(fmt.Sprint(r), what+` "`) || !strings.Contains(fmt.Sprint(r), "registered twice") {
+					t.Errorf("%s registered twice: panic %v", what, r)
+				}
+			}()
+			register()
+		}()
 	}
 }
