@@ -86,6 +86,14 @@ func IsAuthFailure(err error) bool {
 	return ok
 }
 
+// LoginError is the error Connect returns for a login with creds (nil if
+// unknown) that failed other than by a rejection (see IsAuthFailure):
+// ErrConnect wrapping the engine's error, or, if ctx ended meanwhile, what
+// a caller who gives up gets.
+func (c *Connector) LoginError(ctx context.Context, creds *Credentials, err error) error {
+	return c.loginError(ctx, creds, err)
+}
+
 // Recover is what Connect does after the database rejected creds with
 // loginErr: one recovery for every caller at once, through the breaker. It
 // returns nil once working credentials are cached (log in again with

@@ -400,8 +400,11 @@ func (c *Connector) loginError(ctx context.Context, creds *Credentials, err erro
 	if ctx.Err() != nil {
 		return waitError(ctx, c.cfg.SecretID, creds, "", "gave up while logging in to the database", err)
 	}
-	return &SecretError{Kind: ErrConnect, SecretID: c.cfg.SecretID, Stage: creds.Stage, VersionID: creds.VersionID,
-		SQLState: sqlState(err), Err: err}
+	se := &SecretError{Kind: ErrConnect, SecretID: c.cfg.SecretID, SQLState: sqlState(err), Err: err}
+	if creds != nil {
+		se.Stage, se.VersionID = creds.Stage, creds.VersionID
+	}
+	return se
 }
 
 // counters back Stats.

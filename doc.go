@@ -41,7 +41,7 @@
 //
 // pgxsecrets drives the same steps for a pgx pool through the adapter
 // methods in adapter.go (Credentials, Gate, Rejected, Recover, LoggedIn,
-// Hold): the policy is the core's, the pool only calls it.
+// Hold, LoginError): the policy is the core's, the pool only calls it.
 //
 // Errors live in errors.go (every Connect error is a *SecretError whose
 // Kind is a sentinel), log events in events.go, configuration warnings in

@@ -100,14 +100,7 @@ func (p *Pool) callError(ctx context.Context, creds *pgsecrets.Credentials, err 
 	if !errors.As(err, &ce) {
 		return err
 	}
-	se = &pgsecrets.SecretError{Kind: pgsecrets.ErrConnect, SecretID: p.secretID, SQLState: sqlState(err), Err: err}
-	if ctx.Err() != nil {
-		se.Kind, se.Detail = ctx.Err(), "gave up while logging in to the database"
-	}
-	if creds != nil {
-		se.Stage, se.VersionID = creds.Stage, creds.VersionID
-	}
-	return se
+	return p.connector.LoginError(ctx, creds, err)
 }
 
 // sqlState is the SQLSTATE of the server's error in err, or "".
