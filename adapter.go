@@ -3,156 +3,84 @@ package pgsecrets
 import (
 	"context"
 	"database/sql/driver"
-	"errors"
-	"os"
 	"time"
 
-	"github.com/sony/gobreaker/v2"
+	"github.com/pgsecrets/pgsecrets/internal/engine"
 )
 
-// The adapter API: what an engine that manages its own connections (the
-// pgx pool of github.com/pgsecrets/pgsecrets/pgxsecrets) needs from a
-// Connector so that its logins follow the same policy as Connect: the same
-// cache, the same recovery after a rejected login (refetch, AWSPENDING,
-// backoff, one round for credentials that never logged in), the same
-// breaker and fail-fast errors, the same lease bookkeeping. The policy
-// itself lives in cache.go, recovery.go and lease.go, once.
+// The pgx pool of github.com/pgsecrets/pgsecrets/pgxsecrets logs in inside
+// pgxpool (its BeforeConnect hook), not through Connect. It reaches the
+// connector through internal/engine's Target, implemented here on the
+// same target as Connect: the pool runs each call through run, takes its
+// credentials from credentials and reports the logins it saw. No rule of
+// the policy is written here.
 
-// Credentials returns the credentials a new connection should log in with
-// now, as Connect would: from the shared cache, failing fast while the
-// breaker is open, and waiting for a recovery already running for the
-// credentials the cache holds instead of trying them again.
-func (c *Connector) Credentials(ctx context.Context) (*Credentials, error) {
-	if c.closed.Load() {
-		return nil, c.closedError()
+func init() {
+	engine.TargetOf = func(dc driver.Connector) engine.Target {
+		if c, ok := dc.(*Connector); ok {
+			return adapter{c}
+		}
+		return nil
 	}
-	if c.guard.cb.State() == gobreaker.StateOpen {
-		c.stats.breakerRejects.Add(1)
-		return nil, c.guard.openError(c.cfg.SecretID)
+}
+
+type adapter struct{ c *Connector }
+
+func (a adapter) DSN() string { return a.c.dsn }
+
+func (a adapter) Run(ctx context.Context, call func(ctx context.Context) error) error {
+	if a.c.closed.Load() {
+		return a.c.closedError()
 	}
-	creds, err := c.entry.get(ctx, c.pol)
+	return a.c.target.run(ctx, a.c.cl, func(ctx context.Context, _ *attempt) error { return call(ctx) })
+}
+
+func (a adapter) Login(ctx context.Context) (*engine.Login, error) {
+	if a.c.closed.Load() {
+		return nil, a.c.closedError()
+	}
+	creds, err := a.c.target.credentials(ctx, a.c.cl, attemptOf(ctx))
 	if err != nil {
 		return nil, err
 	}
-	c.warnAtConnect(creds)
-	if r := c.guard.rejected.Load(); r.covers(creds) && c.guard.cb.State() != gobreaker.StateHalfOpen {
-		return nil, r.err
-	}
-	if f := c.guard.failing.Load(); f != nil && f.creds.same(creds) {
-		if err := c.Recover(ctx, creds, f.err); err != nil {
-			return nil, err
-		}
-		return c.entry.get(ctx, c.pol)
-	}
-	return creds, nil
+	return a.c.srv.login(creds), nil
 }
 
-// Gate waits for one of the few login slots that credentials which have not
-// logged in yet share (as Connect does: a wrong secret then costs a bounded
-// number of rejected logins, whatever the concurrency); call release once
-// the login is over. Credentials that have logged in need no slot. If a
-// login with creds failed meanwhile, Gate returns that login's error, so
-// that the caller recovers (Recover) instead of trying them again.
-func (c *Connector) Gate(ctx context.Context, creds *Credentials) (release func(), err error) {
-	release, known, err := c.loginSlot(ctx, creds, c.guard.cb.State() == gobreaker.StateHalfOpen)
-	if known != nil {
-		return release, known.err
+func (a adapter) Connected(l *engine.Login) (release func(), retireAt func() time.Time) {
+	creds, _ := l.Core.(*Credentials)
+	if creds == nil {
+		return func() {}, func() time.Time { return time.Time{} }
 	}
-	return release, err
+	// A connection made outside Run proves its credentials too: a later
+	// rejection of them is then a rotation in progress.
+	a.c.target.verified.Store(creds)
+	if !creds.expiring() {
+		return func() {}, func() time.Time { return time.Time{} }
+	}
+	b := a.c.entry.leases
+	lease := b.open(creds, a.c.cl.policy)
+	lc := b.opened(lease, nopConn{}, &a.c.stats)
+	// In use until released: the pool retires its connections itself, and
+	// the keeper must not end the lease's hold on its own.
+	lc.busy.Store(true)
+	return func() { _ = lc.Close() }, func() time.Time { return time.Unix(0, lease.retireAt.Load()) }
 }
 
-// Rejected records at once that the database rejected creds, before the
-// caller lets go of its login slot (Gate): callers waiting for a slot for
-// the same credentials then join the recovery instead of trying them.
-func (c *Connector) Rejected(creds *Credentials, loginErr error) {
-	if state, ok := authFailure(loginErr); ok && creds != nil {
-		c.guard.failing.Store(&failure{creds: creds, sqlstate: state, err: loginErr})
+func (a adapter) LoginError(ctx context.Context, err error) error {
+	var creds *Credentials
+	if at := attemptOf(ctx); at != nil {
+		creds = at.creds
 	}
+	return a.c.loginError(ctx, creds, err)
 }
 
-// LoggedIn records that creds logged in to the database: a later rejection
-// of them is then a rotation in progress (recovery gets the whole
-// secret_retry_window), not a configuration problem (one round).
-func (c *Connector) LoggedIn(creds *Credentials) {
-	if creds != nil {
-		c.guard.verified.Store(creds)
-	}
-}
-
-// IsAuthFailure reports whether err is the database rejecting a login
-// (SQLSTATE 28P01 or 28000), whatever the driver.
-func IsAuthFailure(err error) bool {
+func (a adapter) Rejected(err error) bool {
 	_, ok := authFailure(err)
 	return ok
 }
 
-// LoginError is the error Connect returns for a login with creds (nil if
-// unknown) that failed other than by a rejection (see IsAuthFailure):
-// ErrConnect wrapping the engine's error, or, if ctx ended meanwhile, what
-// a caller who gives up gets.
-func (c *Connector) LoginError(ctx context.Context, creds *Credentials, err error) error {
-	return c.loginError(ctx, creds, err)
-}
-
-// Recover is what Connect does after the database rejected creds with
-// loginErr: one recovery for every caller at once, through the breaker. It
-// returns nil once working credentials are cached (log in again with
-// Credentials), or the error Connect would have returned: ErrAuthFailed,
-// ErrCircuitOpen, a store error, or a *SecretError saying what ctx's end
-// interrupted. loginErr must be a rejected login (see IsAuthFailure).
-func (c *Connector) Recover(ctx context.Context, creds *Credentials, loginErr error) error {
-	state, ok := authFailure(loginErr)
-	if !ok {
-		return loginErr
-	}
-	if c.closed.Load() {
-		return c.closedError()
-	}
-	c.stats.authFailures.Add(1)
-	_, err := c.guard.cb.Execute(func() (driver.Conn, error) {
-		_, conn, err := c.recover(ctx, failure{creds: creds, sqlstate: state, err: loginErr})
-		if conn != nil {
-			// Recovery proved the credentials with a login of its own
-			// engine; the caller's engine logs in again.
-			_ = conn.Close()
-		}
-		return nil, err
-	})
-	if errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests) {
-		c.stats.breakerRejects.Add(1)
-		return c.guard.openError(c.cfg.SecretID)
-	}
-	if err == nil {
-		c.stats.recovered.Add(1)
-	}
-	return err
-}
-
-// EngineConfig returns the configuration engines are built from.
-func (c *Connector) EngineConfig() EngineConfig {
-	return EngineConfig{DSN: c.cfg.pqDSN(os.Getenv), HostSet: c.hostSet, PortSet: c.portSet, DBNameSet: c.dbSet}
-}
-
-// Hold registers a connection an adapter opened with expiring credentials:
-// the lease is renewed while it is held and not revoked before release is
-// called. retireAt tells when the connection must stop being used (the
-// lease's end less the expiry margin; renewals move it). For credentials
-// that do not expire, release does nothing and retireAt is zero.
-func (c *Connector) Hold(creds *Credentials) (release func(), retireAt func() time.Time) {
-	if !creds.expiring() {
-		return func() {}, func() time.Time { return time.Time{} }
-	}
-	b := c.entry.leases
-	l := b.open(creds, c.pol)
-	lc := b.opened(l, nopConn{}, &c.stats)
-	// In use until released: the adapter's pool retires its connections
-	// itself, and the keeper must not end the lease's hold on its own.
-	lc.busy.Store(true)
-	return func() { _ = lc.Close() }, func() time.Time { return time.Unix(0, l.retireAt.Load()) }
-}
-
 // nopConn stands in for a connection the lease book tracks but does not
-// own (an adapter's).
+// own (the pool's).
 type nopConn struct{}
 
 func (nopConn) Prepare(string) (driver.Stmt, error) { return nil, driver.ErrSkip }

@@ -3,7 +3,6 @@ package pgsecrets
 import (
 	"context"
 	"database/sql/driver"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -13,8 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/lib/pq"
-	"github.com/sony/gobreaker/v2"
+	"github.com/pgsecrets/pgsecrets/internal/engine"
 )
 
 // Connector opens PostgreSQL connections with credentials from a secret.
@@ -23,14 +21,13 @@ import (
 // DB.Close) stops its background work.
 type Connector struct {
 	cfg    *Config
-	base   pq.Config // the DSN as lib/pq parsed it, never holding a password
+	srv    server // where the DSN points, read once
+	dsn    string // the engine DSN
 	log    *slog.Logger
-	engine Engine
-	entry  *entry
-	guard  *guard
-	pol    policy
-
-	hostSet, portSet, dbSet bool
+	engine engine.Engine
+	entry  *entry  // shared by every connector on the secret
+	target *target // shared by every connector on the secret and database
+	cl     client  // this connector, as the entry and target see it
 
 	stats     counters
 	final     atomic.Pointer[Stats] // what Stats says once Close has returned
@@ -51,29 +48,13 @@ func NewConnector(dsn string, opts ...Option) (*Connector, error) {
 	for _, opt := range opts {
 		opt(&o)
 	}
-
-	base, err := pq.NewConfig(cfg.pqDSN(os.Getenv))
-	if err != nil {
-		return nil, &DSNError{Msg: "lib/pq rejected the DSN", Err: err}
-	}
-	// PGPASSWORD may have filled this; the secret's password is set per
-	// connection, and a non-empty password also keeps lib/pq from reading
-	// a passfile.
-	base.Password = ""
-
-	c := &Connector{
-		cfg:     cfg,
-		base:    base,
-		log:     o.logger,
-		hostSet: cfg.has("host", "PGHOST", os.Getenv) || cfg.has("hostaddr", "PGHOSTADDR", os.Getenv),
-		portSet: cfg.has("port", "PGPORT", os.Getenv),
-		dbSet:   cfg.has("dbname", "PGDATABASE", os.Getenv),
-	}
-	ef, ok := lookupEngine(cfg.Driver)
+	c := &Connector{cfg: cfg, srv: cfg.server(os.Getenv), log: o.logger}
+	c.dsn = cfg.pqDSN(os.Getenv)
+	factory, ok := engine.Engines.Lookup(cfg.Driver)
 	if !ok {
-		return nil, unknownEngineError(cfg.Driver)
+		return nil, unknownName(engine.Engines, cfg.Driver)
 	}
-	if c.engine, err = ef(c.EngineConfig()); err != nil {
+	if c.engine, err = factory(c.dsn); err != nil {
 		return nil, err
 	}
 
@@ -104,12 +85,14 @@ func NewConnector(dsn string, opts ...Option) (*Connector, error) {
 	if d, ok := provider.(TTLDefaulter); ok && !cfg.explicit(keyTTL) && d.DefaultTTL() > 0 {
 		cfg.TTL = d.DefaultTTL()
 	}
-	c.pol = policy{ttl: cfg.TTL, maxStale: cfg.MaxStale, margin: cfg.ExpiryMargin, log: c.log, stats: &c.stats}
+	c.cl = client{
+		policy: policy{ttl: cfg.TTL, maxStale: cfg.MaxStale, margin: cfg.ExpiryMargin, log: c.log, stats: &c.stats},
+		window: cfg.RetryWindow, warn: c.warnAtConnect, dial: c.dial,
+	}
 	key := fmt.Sprintf("%s|%s|%s|%s|%s", identity, cfg.SecretID, cfg.VersionStage, cfg.UsernameKey, cfg.PasswordKey)
 	c.entry = acquireEntry(key, cfg.SecretID, cfg.VersionStage, provider)
-	c.entry.leases.join(c.pol)
-	target := fmt.Sprintf("%s|%d|%s|%v", base.Host, base.Port, base.Database, base.Multi)
-	c.guard = c.entry.guardFor(target, o.breakerOpen, c.log)
+	c.entry.leases.join(c.cl.policy)
+	c.target = c.entry.target(c.srv.key(), o.breakerOpen, c.log)
 
 	c.warnAtOpen()
 	return c, nil
@@ -127,7 +110,7 @@ func (c *Connector) Close() error {
 		c.entry.release()
 		// After release: the last connector's Close revokes the leases
 		// left, and reports that.
-		c.entry.leases.leave(c.pol)
+		c.entry.leases.leave(c.cl.policy)
 		s := c.snapshot()
 		c.final.Store(&s)
 	})
@@ -150,21 +133,31 @@ func (c *Connector) closedError() error {
 // Connect opens a connection: credentials from the cache (fetched once for
 // all concurrent callers when needed), then the engine (lib/pq, or pgx with
 // secret_driver=pgx). On an authentication failure it recovers within the
-// same call (see recover). It returns the engine's own connection, so
-// queries run on the engine alone, except for expiring credentials
-// (leases), whose connections are wrapped so that none outlives its
-// credential (see lease.go). Every error it returns wraps a sentinel (see
-// errors.go).
+// same call (target.go, recovery.go). It returns the engine's own
+// connection, so queries run on the engine alone, except for expiring
+// credentials (leases), whose connections are wrapped so that none
+// outlives its credential (see lease.go). Every error it returns wraps a
+// sentinel (see errors.go).
 func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
 	if c.closed.Load() {
 		return nil, c.closedError()
 	}
-	conn, err := c.guard.cb.Execute(func() (driver.Conn, error) { return c.connect(ctx) })
-	if errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests) {
-		c.stats.breakerRejects.Add(1)
-		return nil, c.guard.openError(c.cfg.SecretID)
+	var conn driver.Conn
+	err := c.target.run(ctx, c.cl, func(ctx context.Context, a *attempt) error {
+		if conn = a.take(); conn != nil {
+			return nil // the login of the recovery this caller ran
+		}
+		creds, err := c.target.credentials(ctx, c.cl, a)
+		if err != nil {
+			return err
+		}
+		conn, err = c.dial(ctx, creds)
+		return err
+	})
+	if err != nil {
+		return nil, err
 	}
-	return conn, err
+	return conn, nil
 }
 
 // Refresh fetches the configured stage of the secret from the store now,
@@ -182,7 +175,7 @@ func (c *Connector) Refresh(ctx context.Context) (string, error) {
 	if c.closed.Load() {
 		return "", c.closedError()
 	}
-	creds, err := c.entry.fetch(ctx, c.entry.stage, c.pol, anyGen)
+	creds, err := c.entry.store.fetch(ctx, c.entry.store.stage, c.cl.policy, anyGen)
 	if err != nil {
 		return "", err
 	}
@@ -199,9 +192,7 @@ func (c *Connector) Describe(ctx context.Context) ([]Fact, error) {
 		return nil, err
 	}
 	e := c.entry
-	e.mu.Lock()
-	cr := e.activeLocked()
-	e.mu.Unlock()
+	cr := e.cache.active()
 	facts := []Fact{{"provider", c.cfg.Provider}, {"user", cr.Username}, {"version", cr.VersionID}}
 	if cr.expiring() {
 		if cr.LeaseID != "" {
@@ -220,7 +211,7 @@ func (c *Connector) Describe(ctx context.Context) ([]Fact, error) {
 		facts = append(facts, Fact{"rotates", fmt.Sprintf("%s (in %s; fetched again just after)",
 			cr.RotatesAt.UTC().Format(time.RFC3339), time.Until(cr.RotatesAt).Round(time.Second))})
 	}
-	if d, ok := e.provider.(Describer); ok {
+	if d, ok := e.store.provider.(Describer); ok {
 		more, err := d.Describe(ctx)
 		if err != nil {
 			return facts, err
@@ -230,139 +221,6 @@ func (c *Connector) Describe(ctx context.Context) ([]Fact, error) {
 	return facts, nil
 }
 
-func (c *Connector) connect(ctx context.Context) (driver.Conn, error) {
-	creds, err := c.entry.get(ctx, c.pol)
-	if err != nil {
-		return nil, err
-	}
-	c.warnAtConnect(creds)
-	// In the half-open state only the breaker's probe gets here; it must
-	// try the credentials a failed recovery gave up on.
-	probe := c.guard.cb.State() == gobreaker.StateHalfOpen
-	conn, fail, err := c.firstLogin(ctx, creds, probe)
-	if conn != nil || err != nil {
-		return conn, err
-	}
-	if c.guard.cb.State() == gobreaker.StateOpen {
-		// A recovery for the same target failed while this caller was
-		// logging in: its answer stands for the breaker's interval.
-		c.stats.breakerRejects.Add(1)
-		return nil, c.guard.openError(c.cfg.SecretID)
-	}
-	// Recover, then log in with what recovery found. If even that is
-	// rejected, the password changed again in between (two rotations in
-	// quick succession): recover again, a bounded number of times.
-	for attempt := 1; ; attempt++ {
-		good, conn, err := c.recover(ctx, fail)
-		if err != nil {
-			return nil, err
-		}
-		if conn != nil { // this caller's recovery logged in: use that login
-			c.stats.recovered.Add(1)
-			return conn, nil
-		}
-		conn, err = c.dial(ctx, good)
-		if err == nil {
-			c.guard.verified.Store(good)
-			c.stats.recovered.Add(1)
-			return conn, nil
-		}
-		state, ok := authFailure(err)
-		if !ok {
-			return nil, err
-		}
-		c.stats.authFailures.Add(1)
-		if attempt == maxRecoveries {
-			return nil, &SecretError{Kind: ErrAuthFailed, SecretID: c.cfg.SecretID, Stage: good.Stage,
-				VersionID: good.VersionID, SQLState: state, Err: err,
-				Detail: fmt.Sprintf("credentials were rejected right after recovery found them working, %d times in a row", attempt)}
-		}
-		fail = failure{creds: good, sqlstate: state, err: err}
-	}
-}
-
-// maxUnverifiedLogins bounds the concurrent logins with credentials that
-// have not logged in yet (a cold start, a new version): if they are wrong,
-// a burst of callers costs this many rejected logins, not one per caller.
-const maxUnverifiedLogins = 4
-
-// firstLogin logs in with creds from the cache. It returns a connection, or
-// the failure to recover from, or another error. Credentials that a running
-// recovery already knows to be rejected are not tried again; credentials
-// not yet proven are tried by at most maxUnverifiedLogins callers at a
-// time, the others waiting for the outcome.
-func (c *Connector) firstLogin(ctx context.Context, creds *Credentials, probe bool) (driver.Conn, failure, error) {
-	g := c.guard
-	release, known, err := c.loginSlot(ctx, creds, probe)
-	if known != nil {
-		return nil, *known, nil
-	}
-	if err != nil {
-		return nil, failure{}, err // ctx ended, or a failed recovery's answer (the breaker opens on it)
-	}
-	defer release()
-	conn, err := c.dial(ctx, creds)
-	if err == nil {
-		g.verified.Store(creds)
-		g.rejected.Store(nil)
-		return conn, failure{}, nil
-	}
-	state, ok := authFailure(err)
-	if !ok {
-		return nil, failure{}, err
-	}
-	c.stats.authFailures.Add(1)
-	f := failure{creds: creds, sqlstate: state, err: err}
-	// Published before the slot is released, so waiting callers join the
-	// recovery instead of trying the same credentials; the recovery clears
-	// it when it ends.
-	g.failing.Store(&f)
-	return nil, f, nil
-}
-
-// loginSlot waits, for credentials that have not logged in yet, for one of
-// the maxUnverifiedLogins slots such logins share; release gives it back
-// (once; it does nothing when no slot was needed). Instead of a slot it
-// returns the failure a login with creds met meanwhile (known: join its
-// recovery), or, unless probe, the error a failed recovery ended with for
-// them, so that credentials known to be rejected are not tried again.
-func (c *Connector) loginSlot(ctx context.Context, creds *Credentials, probe bool) (release func(), known *failure, err error) {
-	g := c.guard
-	slot := false
-	release = func() {
-		if slot {
-			slot = false
-			<-g.unverified
-		}
-	}
-	none := func() {}
-	for {
-		if f := g.failing.Load(); f != nil && f.creds.same(creds) {
-			release()
-			return none, f, nil
-		}
-		if r := g.rejected.Load(); !probe && r.covers(creds) {
-			release()
-			return none, nil, r.err
-		}
-		if slot || g.verified.Load().same(creds) {
-			return release, nil, nil
-		}
-		select {
-		case g.unverified <- struct{}{}:
-			slot = true // check again: the outcome may be known now
-		case <-ctx.Done():
-			return none, nil, waitError(ctx, c.cfg.SecretID, creds, "",
-				fmt.Sprintf("gave up waiting for a login slot: %d callers were already trying these credentials, which have not logged in yet",
-					maxUnverifiedLogins), nil)
-		}
-	}
-}
-
-// maxRecoveries bounds how often one Connect recovers when the credentials
-// recovery found are rejected again at once.
-const maxRecoveries = 3
-
 // dial logs in with creds through the engine; connections made with
 // expiring credentials are wrapped (lease.go). A rejected login comes back
 // as the engine's error, for the caller to classify and recover from; any
@@ -370,9 +228,9 @@ const maxRecoveries = 3
 func (c *Connector) dial(ctx context.Context, creds *Credentials) (driver.Conn, error) {
 	var l *lease
 	if creds.expiring() {
-		l = c.entry.leases.open(creds, c.pol)
+		l = c.entry.leases.open(creds, c.cl.policy)
 	}
-	conn, err := c.engine.Connect(ctx, creds)
+	conn, err := c.engine.Connect(ctx, c.srv.login(creds))
 	if l != nil {
 		if err != nil {
 			c.entry.leases.failed(l)
@@ -386,7 +244,7 @@ func (c *Connector) dial(ctx context.Context, creds *Credentials) (driver.Conn, 
 		}
 		return nil, err
 	}
-	if creds.Stage != "" && creds.Stage == c.entry.pendingStage {
+	if creds.Stage != "" && creds.Stage == c.entry.store.pendingStage {
 		c.stats.pendingUses.Add(1)
 	}
 	return conn, nil

@@ -14,6 +14,8 @@ import (
 	"time"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/pgsecrets/pgsecrets/internal/engine"
 )
 
 // DSN keys that pgsecrets reads and removes before the engine sees the DSN.
@@ -148,7 +150,7 @@ func ParseDSN(dsn string) (*Config, error) {
 		UsernameKey:  "username",
 		PasswordKey:  "password",
 		Provider:     DefaultProvider,
-		Driver:       DefaultEngine,
+		Driver:       engine.Default,
 		set:          map[string]bool{},
 	}
 	var extra []Param // secret_* keys that are not the core's
@@ -394,7 +396,7 @@ func (c *Config) format(redact bool) string {
 	}
 	add(keySecretID, c.SecretID, false)
 	add(keyProvider, c.Provider, c.Provider == DefaultProvider)
-	add(keyDriver, c.Driver, c.Driver == DefaultEngine)
+	add(keyDriver, c.Driver, c.Driver == engine.Default)
 	add(keyRegion, c.Region, c.Region == "" || c.Region == arnRegion(c.SecretID))
 	endpoint := c.Endpoint
 	if redact {
@@ -435,15 +437,56 @@ func (c *Config) pqDSN(env func(string) string) string {
 	for _, p := range c.Params {
 		parts = append(parts, p.Key+"="+quoteValue(p.Value))
 	}
-	if !c.has("sslmode", "PGSSLMODE", env) {
-		// lib/pq plans to move its default to "prefer"; encryption stays the
-		// default here. sslrootcert=system makes lib/pq choose verify-full.
-		if v, _ := c.param("sslrootcert"); v != "system" && env("PGSSLROOTCERT") != "system" {
-			parts = append(parts, "sslmode=require")
-		}
+	if srv := c.server(env); srv.sslDefault {
+		parts = append(parts, "sslmode="+srv.sslmode)
 	}
 	return strings.Join(parts, " ")
 }
+
+// server is where the DSN (with the PG* environment) points, as far as
+// the core needs to know: which of host, port and dbname it sets (the
+// secret's fill in the others), the hosts, and the sslmode of the engine
+// DSN. It is read once, when a connector is made; the engine parses the
+// engine DSN (pqDSN) itself.
+type server struct {
+	where
+	hosts        []string // "" when the DSN names none: the engine's default
+	port, dbname string
+	sslmode      string
+	// sslDefault: neither the DSN nor PGSSLMODE sets sslmode, so the engine
+	// DSN carries ours (require). lib/pq plans to move its default to
+	// "prefer"; encryption stays the default here. sslrootcert=system makes
+	// lib/pq choose verify-full by itself.
+	sslDefault bool
+}
+
+func (c *Config) server(env func(string) string) server {
+	get := func(key, envName string) string {
+		if v, ok := c.param(key); ok {
+			return v
+		}
+		return env(envName)
+	}
+	s := server{
+		where: where{hostSet: c.has("host", "PGHOST", env) || c.has("hostaddr", "PGHOSTADDR", env),
+			portSet: c.has("port", "PGPORT", env), dbSet: c.has("dbname", "PGDATABASE", env)},
+		hosts:   strings.Split(get("host", "PGHOST"), ","),
+		port:    get("port", "PGPORT"),
+		dbname:  get("dbname", "PGDATABASE"),
+		sslmode: get("sslmode", "PGSSLMODE"),
+	}
+	if s.sslmode == "" {
+		if v, _ := c.param("sslrootcert"); v == "system" || env("PGSSLROOTCERT") == "system" {
+			s.sslmode = "verify-full"
+		} else {
+			s.sslmode, s.sslDefault = "require", true
+		}
+	}
+	return s
+}
+
+// key names the database for the breaker and the recovery (see target).
+func (s server) key() string { return strings.Join(s.hosts, ",") + "|" + s.port + "|" + s.dbname }
 
 // has reports whether the user set a connection setting, in the DSN or
 // through its PG* environment variable.

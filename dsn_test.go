@@ -1,6 +1,8 @@
 package pgsecrets
 
 import (
+	"github.com/pgsecrets/pgsecrets/internal/engine"
+
 	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -60,7 +62,7 @@ func TestParseDSNSecretKeys(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Config{SecretID: "arn:aws:secretsmanager:eu-west-1:123456789012:secret:prod/app-AbCdEf", Provider: DefaultProvider, Driver: DefaultEngine, Region: "eu-west-1",
+	want := Config{SecretID: "arn:aws:secretsmanager:eu-west-1:123456789012:secret:prod/app-AbCdEf", Provider: DefaultProvider, Driver: engine.Default, Region: "eu-west-1",
 		Endpoint: "http://127.0.0.1:4566", VersionStage: "AWSPREVIOUS", TTL: 90 * time.Second, MaxStale: time.Hour,
 		RetryWindow: 5 * time.Second, UsernameKey: "user", PasswordKey: "pass"}
 	got := *cfg

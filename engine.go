@@ -5,93 +5,68 @@ import (
 	"database/sql/driver"
 
 	"github.com/lib/pq"
+
+	"github.com/pgsecrets/pgsecrets/internal/engine"
 )
 
-// Engine logs in to PostgreSQL for a Connector: pgsecrets hands it
-// credentials from the cache (and, after a rejected login, the ones
-// recovery is trying) and it returns a database/sql connection. The cache,
-// recovery, breaker and lease rules are the core's and the same whatever
-// the engine. secret_driver picks one: "pq" (lib/pq, the default, in the
-// core) or "pgx" (registered by github.com/pgsecrets/pgsecrets/pgxsecrets).
-type Engine interface {
-	Connect(ctx context.Context, creds *Credentials) (driver.Conn, error)
-}
-
-// EngineConfig is what an engine is built from.
-type EngineConfig struct {
-	// DSN is the key=value DSN for the engine: the pgsecrets DSN without its
-	// secret_* keys and without any password, with sslmode=require added
-	// unless the DSN or PGSSLMODE chose otherwise.
-	DSN string
-	// HostSet, PortSet and DBNameSet say whether the DSN (or PGHOST,
-	// PGPORT, PGDATABASE) sets them; where it does not, the secret's host,
-	// port and dbname apply.
-	HostSet, PortSet, DBNameSet bool
-}
-
-// Apply returns the host, port and database a login with creds uses, given
-// the engine's own from the DSN: the secret's fill in what the DSN leaves
-// out.
-func (e EngineConfig) Apply(creds *Credentials, host string, port uint16, dbname string) (string, uint16, string) {
-	if !e.HostSet && creds.Host != "" {
-		host = creds.Host
-	}
-	if !e.PortSet && creds.Port != 0 {
-		port = creds.Port
-	}
-	if !e.DBNameSet && creds.DBName != "" {
-		dbname = creds.DBName
-	}
-	return host, port, dbname
-}
-
-// EngineFactory builds an engine for a connector. It must not connect.
-type EngineFactory func(cfg EngineConfig) (Engine, error)
-
-// DefaultEngine is the engine used when the DSN has no secret_driver.
-const DefaultEngine = "pq"
-
-var engines = newNamedSet[EngineFactory]("engine", keyDriver, map[string]string{
-	"pgx": "github.com/pgsecrets/pgsecrets/pgxsecrets",
-})
-
-// RegisterEngine makes an engine available as secret_driver=name. It is
-// meant for init functions and panics on an empty or duplicate name.
-func RegisterEngine(name string, f EngineFactory) {
-	if name == "" || f == nil {
-		panic("pgsecrets: RegisterEngine needs a name and a factory")
-	}
-	engines.add(name, f)
-}
-
-func lookupEngine(name string) (EngineFactory, bool) { return engines.lookup(name) }
-
-func unknownEngineError(name string) error { return engines.unknown(name) }
+// Engines log in for a Connector: lib/pq (secret_driver=pq, the default,
+// here) or pgx (secret_driver=pgx, registered by
+// github.com/pgsecrets/pgsecrets/pgxsecrets). Their contract is internal
+// (internal/engine): the cache, recovery, breaker and lease rules are the
+// core's and the same whatever the engine.
 
 func init() {
-	RegisterEngine(DefaultEngine, newPQEngine)
+	engine.Register(engine.Default, newPQEngine)
+}
+
+// where says which of host, port and dbname the DSN (or PGHOST, PGPORT,
+// PGDATABASE) sets; the secret's fill in the others.
+type where struct{ hostSet, portSet, dbSet bool }
+
+// login is creds as an engine gets them.
+func (w where) login(creds *Credentials) *engine.Login {
+	l := &engine.Login{User: creds.Username, Password: creds.Password, Stage: creds.Stage, VersionID: creds.VersionID,
+		Expiring: creds.expiring(), Core: creds}
+	if !w.hostSet {
+		l.Host = creds.Host
+	}
+	if !w.portSet {
+		l.Port = creds.Port
+	}
+	if !w.dbSet {
+		l.DBName = creds.DBName
+	}
+	return l
 }
 
 // pqEngine logs in with lib/pq and returns lib/pq's own connection.
-type pqEngine struct {
-	base pq.Config
-	cfg  EngineConfig
-}
+type pqEngine struct{ base pq.Config }
 
-func newPQEngine(cfg EngineConfig) (Engine, error) {
-	base, err := pq.NewConfig(cfg.DSN)
+func newPQEngine(dsn string) (engine.Engine, error) {
+	base, err := pq.NewConfig(dsn)
 	if err != nil {
 		return nil, &DSNError{Msg: "lib/pq rejected the DSN", Err: err}
 	}
+	// PGPASSWORD may have filled this; the secret's password is set per
+	// connection, and a non-empty password also keeps lib/pq from reading
+	// a passfile.
 	base.Password = ""
-	return &pqEngine{base: base, cfg: cfg}, nil
+	return &pqEngine{base: base}, nil
 }
 
-func (e *pqEngine) Connect(ctx context.Context, creds *Credentials) (driver.Conn, error) {
+func (e *pqEngine) Connect(ctx context.Context, l *engine.Login) (driver.Conn, error) {
 	cfg := e.base.Clone()
-	cfg.User = creds.Username
-	cfg.Password = creds.Password.Reveal()
-	cfg.Host, cfg.Port, cfg.Database = e.cfg.Apply(creds, cfg.Host, cfg.Port, cfg.Database)
+	cfg.User = l.User
+	cfg.Password = l.Password.Reveal()
+	if l.Host != "" {
+		cfg.Host = l.Host
+	}
+	if l.Port != 0 {
+		cfg.Port = l.Port
+	}
+	if l.DBName != "" {
+		cfg.Database = l.DBName
+	}
 	pc, err := pq.NewConnectorConfig(cfg)
 	if err != nil {
 		return nil, err

@@ -125,15 +125,15 @@ func TestInternalValuesRedacted(t *testing.T) {
 	creds := &Credentials{Username: "app", Password: NewSecret(pw), VersionID: "v1"}
 	e := acquireEntry("redact-test", "s", "AWSCURRENT", nil)
 	defer e.release()
-	e.mu.Lock()
-	e.cur, e.pending = creds, creds
-	e.mu.Unlock()
+	e.cache.record(creds)
+	e.cache.setPending(&Credentials{Username: "app", Password: NewSecret(pw), VersionID: "v2"})
 	f := failure{creds: creds, sqlstate: "28P01", err: &pq.Error{Code: "28P01"}}
 	cfg, err := ParseDSN("host=h password=" + pw + " secret_id=s")
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, v := range []any{creds, *creds, e, f, &f, &progress{f: f}, cfg, *cfg, fetchResult{creds: creds}, policy{}} {
+	for _, v := range []any{creds, *creds, e, f, &f, &progress{f: f}, cfg, *cfg, fetchResult{creds: creds}, policy{},
+		e.cache, e.store, where{}.login(creds), *where{}.login(creds), e.cache.view(), attempt{creds: creds, runState: &runState{}}} {
 		for _, verb := range []string{"%v", "%+v", "%#v", "%s", "%q"} {
 			if out := fmt.Sprintf(verb, v); strings.Contains(out, pw) {
 				t.Errorf("%s of %T shows the password: %s", verb, v, out)

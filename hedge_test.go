@@ -50,7 +50,7 @@ func TestHedgedRequests(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	cr, err := c.entry.get(context.Background(), c.pol)
+	cr, err := c.entry.get(context.Background(), c.cl.policy)
 	if err != nil || cr.VersionID != "v1" {
 		t.Fatalf("get = %v, %v", cr, err)
 	}
@@ -81,12 +81,12 @@ func TestHedgeErrorEndsCall(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	_, err = c.entry.get(context.Background(), c.pol)
+	_, err = c.entry.get(context.Background(), c.cl.policy)
 	if !errors.Is(err, ErrAccessDenied) {
 		t.Fatalf("get = %v, want ErrAccessDenied", err)
 	}
 	// Asked again at once: the same answer, without a second request.
-	_, err = c.entry.get(context.Background(), c.pol)
+	_, err = c.entry.get(context.Background(), c.cl.policy)
 	p.mu.Lock()
 	calls := p.calls
 	p.mu.Unlock()

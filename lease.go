@@ -48,12 +48,14 @@ const (
 // and logged as the oldest open connector's. A closed connector hears of
 // nothing more.
 type leaseBook struct {
-	e      *entry
-	leaser Leaser // nil if the provider cannot renew or revoke
+	secretID string
+	leaser   Leaser // nil if the provider cannot renew or revoke
+	life     *lifetime
+	// refresh starts a background fetch of the configured stage (the
+	// store's), when the current lease is due for replacement.
+	refresh func(time.Time, policy)
 
-	// mu is taken after entry.mu, never before it: the keeper lets go of
-	// mu before it takes entry.mu.
-	mu      sync.Mutex
+	mu      sync.Mutex // never held while calling another part
 	all     map[*Credentials]*lease
 	current *lease
 	running bool
@@ -78,8 +80,8 @@ type lease struct {
 	renewing   bool
 }
 
-func newLeaseBook(e *entry, p Provider) *leaseBook {
-	b := &leaseBook{e: e, all: map[*Credentials]*lease{}, wake: make(chan struct{}, 1)}
+func newLeaseBook(secretID string, p Provider, life *lifetime) *leaseBook {
+	b := &leaseBook{secretID: secretID, life: life, all: map[*Credentials]*lease{}, wake: make(chan struct{}, 1)}
 	b.leaser, _ = p.(Leaser)
 	return b
 }
@@ -93,23 +95,22 @@ func expiryMargin(configured, d time.Duration) time.Duration {
 }
 
 // adopt records freshly fetched expiring credentials as the ones new
-// connections use. Called with e.mu held.
+// connections use.
 func (b *leaseBook) adopt(c *Credentials, pol policy) {
 	b.mu.Lock()
 	b.addLocked(c, pol, true)
 	b.mu.Unlock()
-	b.startKeeper(b.e.spawnLocked)
+	b.startKeeper()
 	b.poke()
 }
 
-// startKeeper starts the keeper goroutine unless it runs; spawn is
-// e.spawn, or e.spawnLocked for a caller holding e.mu.
-func (b *leaseBook) startKeeper(spawn func(func()) bool) {
+// startKeeper starts the keeper goroutine unless it runs.
+func (b *leaseBook) startKeeper() {
 	b.mu.Lock()
 	start := !b.running
 	b.running = true
 	b.mu.Unlock()
-	if start && !spawn(b.keep) {
+	if start && !b.life.spawn(b.keep) {
 		b.mu.Lock()
 		b.running = false // the entry is closed
 		b.mu.Unlock()
@@ -172,7 +173,7 @@ func (b *leaseBook) discard(c *Credentials) {
 	if b.leaser == nil || c.LeaseID == "" {
 		return
 	}
-	if !b.e.spawn(func() { b.revoke(context.Background(), c, "unused") }) {
+	if !b.life.spawn(func() { b.revoke(context.Background(), c, "unused") }) {
 		// The entry is closing, and waits for the caller's goroutine.
 		b.revoke(context.Background(), c, "unused")
 	}
@@ -201,7 +202,7 @@ func (b *leaseBook) open(c *Credentials, pol policy) *lease {
 	}
 	l.dialing++
 	b.mu.Unlock()
-	b.startKeeper(b.e.spawn)
+	b.startKeeper()
 	return l
 }
 
@@ -266,7 +267,7 @@ func (b *leaseBook) keep() {
 		select {
 		case <-timer.C:
 		case <-b.wake:
-		case <-b.e.ctx.Done():
+		case <-b.life.ctx.Done():
 			return
 		}
 	}
@@ -343,36 +344,34 @@ func (b *leaseBook) step(now time.Time) time.Time {
 	}
 	for _, c := range revoke {
 		c := c
-		if !b.e.spawn(func() { b.revoke(b.e.ctx, c, "superseded") }) {
+		if !b.life.spawn(func() { b.revoke(b.life.ctx, c, "superseded") }) {
 			b.revoke(context.Background(), c, "superseded") // closing: release waits for the keeper
 		}
 	}
 	for _, l := range renew {
 		l := l
-		if !b.e.spawn(func() { b.renew(l) }) {
+		if !b.life.spawn(func() { b.renew(l) }) {
 			b.mu.Lock()
 			l.renewing = false
 			b.mu.Unlock()
 		}
 	}
 	if refresh {
-		b.e.mu.Lock()
-		b.e.refreshLocked(now, pol)
-		b.e.mu.Unlock()
+		b.refresh(now, pol)
 	}
 	return next
 }
 
 // renew extends l by its original life.
 func (b *leaseBook) renew(l *lease) {
-	ctx, cancel := context.WithTimeout(b.e.ctx, storeTimeout)
+	ctx, cancel := context.WithTimeout(b.life.ctx, storeTimeout)
 	asked := time.Now()
 	inc := max(l.life.Round(time.Second), time.Second) // stores count in seconds
 	exp, err := b.leaser.Renew(ctx, l.creds, inc)
 	cancel()
 	b.mu.Lock()
 	if err != nil {
-		if b.e.ctx.Err() != nil {
+		if b.life.ctx.Err() != nil {
 			l.renewing = false
 			b.mu.Unlock()
 			return
@@ -392,7 +391,7 @@ func (b *leaseBook) renew(l *lease) {
 		b.mu.Unlock()
 		b.poke()
 		b.tell(func(s *counters) { s.leaseRenewFailures.Add(1) }, slog.LevelWarn, EventLeaseRenewFailed,
-			"secret_id", b.e.secretID, "lease_id", l.creds.LeaseID, "user", l.creds.Username,
+			"secret_id", b.secretID, "lease_id", l.creds.LeaseID, "user", l.creds.Username,
 			"error_kind", kindName(err), "error", err.Error(), "expires_in", expiresIn)
 		return
 	}
@@ -413,11 +412,11 @@ func (b *leaseBook) renew(l *lease) {
 	b.mu.Unlock()
 	b.poke()
 	if capped {
-		b.tell(nil, slog.LevelInfo, EventLeaseCapped, "secret_id", b.e.secretID, "lease_id", l.creds.LeaseID,
+		b.tell(nil, slog.LevelInfo, EventLeaseCapped, "secret_id", b.secretID, "lease_id", l.creds.LeaseID,
 			"user", l.creds.Username, "expires_in", time.Until(exp).Round(time.Millisecond))
 	}
 	b.tell(func(s *counters) { s.leaseRenewals.Add(1) }, slog.LevelDebug, EventLeaseRenewed,
-		"secret_id", b.e.secretID, "lease_id", l.creds.LeaseID, "user", l.creds.Username, "expires_in", expiresIn)
+		"secret_id", b.secretID, "lease_id", l.creds.LeaseID, "user", l.creds.Username, "expires_in", expiresIn)
 }
 
 // revoke ends one lease at the store.
@@ -428,12 +427,12 @@ func (b *leaseBook) revoke(parent context.Context, c *Credentials, why string) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(parent), revokeTimeout)
 	defer cancel()
 	if err := b.leaser.Revoke(ctx, c); err != nil {
-		b.tell(nil, slog.LevelWarn, EventLeaseRevokeFailed, "secret_id", b.e.secretID, "lease_id", c.LeaseID,
+		b.tell(nil, slog.LevelWarn, EventLeaseRevokeFailed, "secret_id", b.secretID, "lease_id", c.LeaseID,
 			"user", c.Username, "reason", why, "error_kind", kindName(err), "error", err.Error())
 		return
 	}
 	b.tell(func(s *counters) { s.leaseRevocations.Add(1) }, slog.LevelDebug, EventLeaseRevoked,
-		"secret_id", b.e.secretID, "lease_id", c.LeaseID, "user", c.Username, "reason", why)
+		"secret_id", b.secretID, "lease_id", c.LeaseID, "user", c.Username, "reason", why)
 }
 
 // revokeAll revokes every lease still held; the entry has closed and its

@@ -37,7 +37,7 @@ func BenchmarkLeaseConnQuery(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer raw.Close()
-	book := newLeaseBook(&entry{}, nil)
+	book := newLeaseBook("bench", nil, newLifetime())
 	l := &lease{conns: map[*leaseConn]struct{}{}}
 	l.retireAt.Store(time.Now().Add(time.Hour).UnixNano())
 	wrapped := newLeaseConn(raw, book, l, &counters{})

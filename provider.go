@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/pgsecrets/pgsecrets/internal/registry"
 )
 
 // Credentials are what a secret yields for one login. Printing them never
@@ -155,7 +157,7 @@ type providerInfo struct {
 	keys    []string
 }
 
-var providers = newNamedSet[providerInfo]("provider", keyProvider, map[string]string{
+var providers = registry.New[providerInfo]("provider", keyProvider, map[string]string{
 	"vault": "github.com/pgsecrets/pgsecrets/vault",
 })
 
@@ -174,22 +176,22 @@ func RegisterProvider(name string, factory ProviderFactory, keys ...string) {
 			panic(fmt.Sprintf("pgsecrets: provider %q: key %q must start with secret_ and not be a core key", name, k))
 		}
 	}
-	providers.add(name, providerInfo{factory: factory, keys: slices.Clone(keys)})
+	providers.Add(name, providerInfo{factory: factory, keys: slices.Clone(keys)})
 }
 
 // providerNames returns the names of the registered providers, sorted.
-func providerNames() []string { return providers.names() }
+func providerNames() []string { return providers.Names() }
 
-func lookupProvider(name string) (providerInfo, bool) { return providers.lookup(name) }
+func lookupProvider(name string) (providerInfo, bool) { return providers.Lookup(name) }
 
 // providerOfKey returns the registered provider that reads key, if any.
 func providerOfKey(key string) string {
-	return providers.find(func(p providerInfo) bool { return slices.Contains(p.keys, key) })
+	return providers.Find(func(p providerInfo) bool { return slices.Contains(p.keys, key) })
 }
 
 // unknownProviderError is the DSN error for a secret_provider nobody
 // registered.
-func unknownProviderError(name string) error { return providers.unknown(name) }
+func unknownProviderError(name string) error { return unknownName(providers, name) }
 
 // maxSecretSize is Secrets Manager's limit on a SecretString.
 const maxSecretSize = 65536

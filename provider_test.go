@@ -1,6 +1,8 @@
 package pgsecrets
 
 import (
+	"github.com/pgsecrets/pgsecrets/internal/engine"
+
 	"context"
 	"errors"
 	"fmt"
@@ -118,7 +120,7 @@ func TestRegistriesShareOneShape(t *testing.T) {
 	}
 	for what, register := range map[string]func(){
 		"provider": func() { RegisterProvider(DefaultProvider, newAWSProvider) },
-		"engine":   func() { RegisterEngine(DefaultEngine, newPQEngine) },
+		"engine":   func() { engine.Register(engine.Default, newPQEngine) },
 	} {
 		func() {
 			defer func() {

@@ -3,8 +3,6 @@ package pgsecrets
 import (
 	"encoding/json"
 	"time"
-
-	"github.com/sony/gobreaker/v2"
 )
 
 // Stats are a connector's counters, for dashboards and alerts. Counters
@@ -85,29 +83,21 @@ func (c *Connector) snapshot() Stats {
 		AuthRecovered:  c.stats.recovered.Load(),
 		PendingUses:    c.stats.pendingUses.Load(),
 		BreakerRejects: c.stats.breakerRejects.Load(),
-		BreakerOpens:   c.guard.opens.Load(),
+		BreakerOpens:   c.target.opens.Load(),
+		BreakerState:   c.target.state(),
 
 		LeaseRenewals:      c.stats.leaseRenewals.Load(),
 		LeaseRenewFailures: c.stats.leaseRenewFailures.Load(),
 		LeaseRevocations:   c.stats.leaseRevocations.Load(),
 		ConnsRetired:       c.stats.connsRetired.Load(),
 	}
-	switch c.guard.cb.State() {
-	case gobreaker.StateOpen:
-		s.BreakerState = "open"
-	case gobreaker.StateHalfOpen:
-		s.BreakerState = "half-open"
-	default:
-		s.BreakerState = "closed"
-	}
 	e := c.entry
-	e.mu.Lock()
-	s.LastRefresh = e.fetchedAt
-	cr := e.activeLocked()
+	v := e.cache.view()
+	s.LastRefresh = v.fetchedAt
+	cr := v.active
 	if cr != nil {
 		s.VersionID, s.Stage = cr.VersionID, cr.Stage
 	}
-	e.mu.Unlock()
 	b := e.leases
 	s.LeasesHeld = b.held()
 	if cr.expiring() {

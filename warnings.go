@@ -7,8 +7,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
-
-	"github.com/lib/pq"
 )
 
 // warnings logs each configuration warning once per connector.
@@ -27,7 +25,7 @@ func (c *Connector) warnAtOpen() {
 	if c.cfg.TTL > c.cfg.MaxStale {
 		c.log.Warn(EventTTLOverMaxStale, "secret_id", c.cfg.SecretID, "ttl", c.cfg.TTL, "max_stale", c.cfg.MaxStale)
 	}
-	if ep, ok := c.entry.provider.(Endpointer); ok {
+	if ep, ok := c.entry.store.provider.(Endpointer); ok {
 		c.warnEndpoint(ep.StoreEndpoint())
 	}
 }
@@ -104,18 +102,15 @@ func loopbackHost(h string) bool {
 // warnAtConnect checks what needs the secret's content: the host it may
 // supply, its username. Each check runs until its warning fired once.
 func (c *Connector) warnAtConnect(creds *Credentials) {
-	if !c.warned.weakSSL.Load() && weakSSLMode(c.base.SSLMode) {
-		hosts := []string{c.base.Host}
-		for _, m := range c.base.Multi {
-			hosts = append(hosts, m.Host)
-		}
-		if !c.hostSet && creds.Host != "" {
+	if !c.warned.weakSSL.Load() && weakSSLMode(c.srv.sslmode) {
+		hosts := c.srv.hosts
+		if !c.srv.hostSet && creds.Host != "" {
 			hosts = []string{creds.Host}
 		}
 		for _, h := range hosts {
 			if !localHost(h) {
 				if c.warned.weakSSL.CompareAndSwap(false, true) {
-					c.log.Warn(EventWeakSSLMode, "secret_id", c.cfg.SecretID, "sslmode", string(c.base.SSLMode))
+					c.log.Warn(EventWeakSSLMode, "secret_id", c.cfg.SecretID, "sslmode", c.srv.sslmode)
 				}
 				break
 			}
@@ -127,7 +122,7 @@ func (c *Connector) warnAtConnect(creds *Credentials) {
 		}
 	}
 	if !c.warned.overridden.Load() {
-		if (c.hostSet && creds.Host != "") || (c.portSet && creds.Port != 0) || (c.dbSet && creds.DBName != "") {
+		if (c.srv.hostSet && creds.Host != "") || (c.srv.portSet && creds.Port != 0) || (c.srv.dbSet && creds.DBName != "") {
 			if c.warned.overridden.CompareAndSwap(false, true) {
 				c.log.Debug(EventSecretFieldOverridden, "secret_id", c.cfg.SecretID)
 			}
@@ -135,8 +130,8 @@ func (c *Connector) warnAtConnect(creds *Credentials) {
 	}
 }
 
-func weakSSLMode(m pq.SSLMode) bool {
-	switch strings.ToLower(string(m)) {
+func weakSSLMode(m string) bool {
+	switch strings.ToLower(m) {
 	case "disable", "allow", "prefer":
 		return true
 	}

@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgsecrets/pgsecrets"
+	"github.com/pgsecrets/pgsecrets/internal/engine"
 	"github.com/pgsecrets/pgsecrets/internal/testkit"
 	"github.com/pgsecrets/pgsecrets/pgxsecrets"
 )
@@ -52,31 +53,42 @@ func TestPoolConnOutsideWrapperProvesOnlyItsCredentials(t *testing.T) {
 	}
 	conn.Release()
 
-	fresh, err := c.Credentials(ctx)
+	tg := engine.TargetOf(c)
+	fresh, err := tg.Login(ctx) // outside Run: the cache's credentials, no slot
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !fresh.Password.Equal(pgsecrets.NewSecret(unknown)) {
+	if fresh.Password.Reveal() != unknown {
 		t.Fatal("the cache does not hold the store's new credentials")
 	}
-	var releases []func()
-	defer func() {
-		for _, release := range releases {
-			release()
-		}
-	}()
-	for i := 0; i < 4; i++ { // every slot (maxUnverifiedLogins)
-		release, err := c.Gate(ctx, fresh)
-		if err != nil {
+	// Every slot (maxUnverifiedLogins) taken by logins in progress.
+	hold := make(chan struct{})
+	got := make(chan error, 4)
+	var wg sync.WaitGroup
+	for i := 0; i < 4; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = tg.Run(ctx, func(ctx context.Context) error {
+				_, err := tg.Login(ctx)
+				got <- err
+				<-hold
+				return errors.New("no login made")
+			})
+		}()
+	}
+	for i := 0; i < 4; i++ {
+		if err := <-got; err != nil {
 			t.Fatal(err)
 		}
-		releases = append(releases, release)
 	}
 	done, cancel := context.WithCancel(ctx)
 	cancel()
-	if release, err := c.Gate(done, fresh); !errors.Is(err, context.Canceled) {
-		release()
-		t.Errorf("a fifth login with credentials no login has proven did not wait for a slot (Gate = %v): "+
+	err = tg.Run(done, func(ctx context.Context) error { _, err := tg.Login(ctx); return err })
+	close(hold)
+	wg.Wait()
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("a fifth login with credentials no login has proven did not wait for a slot (%v): "+
 			"the connection made before the store changed was taken for a login with them", err)
 	}
 }

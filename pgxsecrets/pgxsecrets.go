@@ -38,10 +38,11 @@ import (
 	"github.com/jackc/pgx/v5/stdlib"
 
 	"github.com/pgsecrets/pgsecrets"
+	"github.com/pgsecrets/pgsecrets/internal/engine"
 )
 
 func init() {
-	pgsecrets.RegisterEngine("pgx", newStdlibEngine)
+	engine.Register("pgx", newStdlibEngine)
 }
 
 // stdlibEngine logs in with pgx for database/sql (secret_driver=pgx).
@@ -50,18 +51,18 @@ type stdlibEngine struct {
 	targets *targets
 }
 
-func newStdlibEngine(cfg pgsecrets.EngineConfig) (pgsecrets.Engine, error) {
-	base, err := pgx.ParseConfig(cfg.DSN)
+func newStdlibEngine(dsn string) (engine.Engine, error) {
+	base, err := pgx.ParseConfig(dsn)
 	if err != nil {
 		return nil, &pgsecrets.DSNError{Msg: "pgx rejected the DSN", Err: err}
 	}
 	base.Password = ""
-	return &stdlibEngine{base: base, targets: newTargets(cfg)}, nil
+	return &stdlibEngine{base: base, targets: newTargets(dsn)}, nil
 }
 
-func (e *stdlibEngine) Connect(ctx context.Context, creds *pgsecrets.Credentials) (driver.Conn, error) {
+func (e *stdlibEngine) Connect(ctx context.Context, l *engine.Login) (driver.Conn, error) {
 	cc := e.base.Copy()
-	if err := e.targets.setCreds(cc, creds); err != nil {
+	if err := e.targets.setLogin(cc, l); err != nil {
 		return nil, err
 	}
 	return stdlib.GetConnector(*cc).Connect(ctx)
@@ -105,14 +106,15 @@ func ParseConfig(dsn string, opts ...pgsecrets.Option) (*pgxpool.Config, error) 
 	if err != nil {
 		return nil, err
 	}
-	ec := connector.EngineConfig()
-	pc, err := pgxpool.ParseConfig(strings.Join(append([]string{ec.DSN}, pool...), " "))
+	target := engine.TargetOf(connector)
+	pc, err := pgxpool.ParseConfig(strings.Join(append([]string{target.DSN()}, pool...), " "))
 	if err != nil {
 		connector.Close()
 		return nil, &pgsecrets.DSNError{Msg: "pgx rejected the DSN", Err: err}
 	}
 	pc.ConnConfig.Password = ""
-	c := &state{Config: pc, connector: connector, secretID: cfg.SecretID, targets: newTargets(ec), leases: make(chan struct{})}
+	c := &state{Config: pc, connector: connector, target: target, secretID: cfg.SecretID, targets: newTargets(target.DSN()),
+		leases: make(chan struct{})}
 	c.install()
 	states.Store(pc, c)
 	return pc, nil
@@ -136,6 +138,7 @@ func Connector(cfg *pgxpool.Config) *pgsecrets.Connector {
 type state struct {
 	*pgxpool.Config
 	connector *pgsecrets.Connector
+	target    engine.Target
 	secretID  string
 	targets   *targets
 	own       hooks // pgsecrets' hooks, as installed
@@ -151,55 +154,37 @@ type hooks struct {
 	beforeClose   func(*pgx.Conn)
 }
 
-// attempt carries, through the ctx of an Acquire, the credentials the
-// BeforeConnect of a new connection used, so that a rejected login is
-// recovered from for those credentials.
-type attempt struct {
-	creds   *pgsecrets.Credentials
-	release func() // the login slot, if the credentials needed one
-}
-
-type attemptKey struct{}
-
-// connData keys the pgx connection's custom data: the credentials it
-// logged in with, and its hold on their lease.
+// connData keys the pgx connection's custom data: the login it made, and
+// its hold on that login's lease.
 const (
-	keyCreds   = "pgsecrets.credentials"
+	keyLogin   = "pgsecrets.login"
 	keyRelease = "pgsecrets.release"
 	keyRetire  = "pgsecrets.retire"
 )
 
 func (c *state) install() {
 	c.BeforeConnect = func(ctx context.Context, cc *pgx.ConnConfig) error {
-		creds, err := c.connector.Credentials(ctx)
+		l, err := c.target.Login(ctx)
 		if err != nil {
 			return err
 		}
-		if a, ok := ctx.Value(attemptKey{}).(*attempt); ok {
-			a.creds = creds
-			release, err := c.connector.Gate(ctx, creds)
-			if err != nil {
-				return err
-			}
-			a.release = release
-		}
-		if err := c.targets.setCreds(cc, creds); err != nil {
-			return &pgsecrets.SecretError{Kind: pgsecrets.ErrConnect, SecretID: c.secretID, Stage: creds.Stage,
-				VersionID: creds.VersionID, Err: err}
+		if err := c.targets.setLogin(cc, l); err != nil {
+			return &pgsecrets.SecretError{Kind: pgsecrets.ErrConnect, SecretID: c.secretID, Stage: l.Stage,
+				VersionID: l.VersionID, Err: err}
 		}
 		if c.userHooks.beforeConnect != nil {
 			if err := c.userHooks.beforeConnect(ctx, cc); err != nil {
 				return err
 			}
 		}
-		// The credentials travel with the connection they log in: by the
-		// time AfterConnect runs, the cache may hold others (a rotation),
-		// which this login has not proven. Set after the user's hook, so
-		// that it cannot be replaced; a pgconn AfterConnect the user set
-		// runs after it.
+		// The login travels with the connection it makes: by the time
+		// AfterConnect runs, the cache may hold other credentials (a
+		// rotation), which this login has not proven. Set after the user's
+		// hook, so that it cannot be replaced; a pgconn AfterConnect the
+		// user set runs after it.
 		next := cc.AfterConnect
 		cc.AfterConnect = func(ctx context.Context, pc *pgconn.PgConn) error {
-			pc.CustomData()[keyCreds] = creds
+			pc.CustomData()[keyLogin] = l
 			if next != nil {
 				return next(ctx, pc)
 			}
@@ -209,15 +194,14 @@ func (c *state) install() {
 	}
 	c.AfterConnect = func(ctx context.Context, conn *pgx.Conn) error {
 		d := conn.PgConn().CustomData()
-		creds, _ := d[keyCreds].(*pgsecrets.Credentials)
+		l, _ := d[keyLogin].(*engine.Login)
 		release := func() {}
-		if creds != nil {
-			if !creds.Expires.IsZero() {
+		if l != nil {
+			if l.Expiring {
 				c.leaseOnce.Do(func() { close(c.leases) })
 			}
-			c.connector.LoggedIn(creds)
 			var retire func() time.Time
-			release, retire = c.connector.Hold(creds)
+			release, retire = c.target.Connected(l)
 			d[keyRelease], d[keyRetire] = release, retire
 		}
 		if c.userHooks.afterConnect != nil {
@@ -285,7 +269,7 @@ func NewPoolWithConfig(ctx context.Context, pc *pgxpool.Config) (*Pool, error) {
 		cfg.connector.Close()
 		return nil, err
 	}
-	pool := &Pool{pool: p, connector: cfg.connector, secretID: cfg.secretID, done: make(chan struct{}), swept: make(chan struct{})}
+	pool := &Pool{pool: p, connector: cfg.connector, target: cfg.target, done: make(chan struct{}), swept: make(chan struct{})}
 	go pool.sweep(cfg.leases)
 	return pool, nil
 }

@@ -3,7 +3,6 @@ package pgxsecrets
 import (
 	"context"
 	"errors"
-	"fmt"
 	"sync"
 
 	"github.com/jackc/pgx/v5"
@@ -12,18 +11,15 @@ import (
 	"github.com/jackc/puddle/v2"
 
 	"github.com/pgsecrets/pgsecrets"
+	"github.com/pgsecrets/pgsecrets/internal/engine"
 )
-
-// maxRecoveries bounds how often one call recovers when the credentials
-// recovery found are rejected again at once (two rotations in a row).
-const maxRecoveries = 3
 
 // Pool is a *pgxpool.Pool whose calls recover from a rejected login of a
 // new connection: every method of *pgxpool.Pool, with the same signature.
 type Pool struct {
 	pool      *pgxpool.Pool
 	connector *pgsecrets.Connector
-	secretID  string
+	target    engine.Target
 	done      chan struct{} // closed by Close
 	swept     chan struct{} // closed when the sweeper has stopped
 	closeOnce sync.Once
@@ -37,48 +33,22 @@ func (p *Pool) Pool() *pgxpool.Pool { return p.pool }
 // Describe.
 func (p *Pool) Connector() *pgsecrets.Connector { return p.connector }
 
-// retry runs call until it does not fail with a rejected login of a new
-// connection, recovering in between (see pgsecrets.Connector.Recover). A
-// failed login sends nothing of the call to the database, so running it
-// again is safe. A call that fails while making a new connection fails as
-// Connect would (see callError).
+// retry runs call under the connector's policy (see the package comment):
+// when it fails because the database rejected the login of a new
+// connection, the connector recovers and call runs again. A failed login
+// sends nothing of the call to the database, so running it again is safe.
+// A call that fails while making a new connection fails as Connect would
+// (see callError).
 func retry[T any](ctx context.Context, p *Pool, call func(ctx context.Context) (T, error)) (T, error) {
-	for i := 0; ; i++ {
-		a := &attempt{}
-		v, err := call(context.WithValue(ctx, attemptKey{}, a))
-		if a.release != nil {
-			if pgsecrets.IsAuthFailure(err) {
-				p.connector.Rejected(a.creds, err) // before the slot goes
-			}
-			a.release()
+	var v T
+	err := p.target.Run(ctx, func(ctx context.Context) error {
+		var err error
+		if v, err = call(ctx); err != nil && !p.target.Rejected(err) {
+			err = p.callError(ctx, err)
 		}
-		if err == nil {
-			return v, nil
-		}
-		if !pgsecrets.IsAuthFailure(err) {
-			return v, p.callError(ctx, a.creds, err)
-		}
-		if i == maxRecoveries {
-			se := &pgsecrets.SecretError{Kind: pgsecrets.ErrAuthFailed, SecretID: p.secretID, SQLState: sqlState(err), Err: err,
-				Detail: fmt.Sprintf("credentials were rejected right after recovery found them working, %d times in a row", i)}
-			if a.creds != nil {
-				se.Stage, se.VersionID = a.creds.Stage, a.creds.VersionID
-			}
-			return v, se
-		}
-		creds := a.creds
-		if creds == nil {
-			// Another caller's connection attempt failed for this one.
-			if creds, err = p.connector.Credentials(ctx); err != nil {
-				var zero T
-				return zero, err
-			}
-		}
-		if rerr := p.connector.Recover(ctx, creds, err); rerr != nil {
-			var zero T
-			return zero, rerr
-		}
-	}
+		return err
+	})
+	return v, err
 }
 
 // callError is the error of a call that failed other than by a rejected
@@ -88,28 +58,19 @@ func retry[T any](ctx context.Context, p *Pool, call func(ctx context.Context) (
 // the login. Errors that are already pgsecrets' (from BeforeConnect) and
 // the errors of the call's own work (a query's *pgconn.PgError) are
 // returned as they are.
-func (p *Pool) callError(ctx context.Context, creds *pgsecrets.Credentials, err error) error {
+func (p *Pool) callError(ctx context.Context, err error) error {
 	var se *pgsecrets.SecretError
 	if errors.As(err, &se) {
 		return err
 	}
 	if errors.Is(err, puddle.ErrClosedPool) {
-		return &pgsecrets.SecretError{Kind: pgsecrets.ErrClosed, SecretID: p.secretID, Err: err}
+		return &pgsecrets.SecretError{Kind: pgsecrets.ErrClosed, SecretID: p.connector.Config().SecretID, Err: err}
 	}
 	var ce *pgconn.ConnectError
 	if !errors.As(err, &ce) {
 		return err
 	}
-	return p.connector.LoginError(ctx, creds, err)
-}
-
-// sqlState is the SQLSTATE of the server's error in err, or "".
-func sqlState(err error) string {
-	var pe *pgconn.PgError
-	if errors.As(err, &pe) {
-		return pe.Code
-	}
-	return ""
+	return p.target.LoginError(ctx, err)
 }
 
 // Acquire returns a connection from the pool, logging in with the secret's

@@ -12,7 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"github.com/pgsecrets/pgsecrets"
+	"github.com/pgsecrets/pgsecrets/internal/engine"
 )
 
 // targets fits a pgx configuration to the server a login dials. pgx
@@ -24,7 +24,7 @@ import (
 // is parsed again for that host and port; the few targets a secret names
 // over time are kept, so that a warm connect does not parse.
 type targets struct {
-	ec  pgsecrets.EngineConfig
+	dsn string   // the engine DSN
 	env []string // the PG* variables that decide TLS, when the engine was built
 
 	mu     sync.Mutex
@@ -63,8 +63,8 @@ func readTLSEnv() []string {
 	return v
 }
 
-func newTargets(ec pgsecrets.EngineConfig) *targets {
-	return &targets{ec: ec, env: readTLSEnv(), parsed: map[target]*pgconn.Config{}}
+func newTargets(dsn string) *targets {
+	return &targets{dsn: dsn, env: readTLSEnv(), parsed: map[target]*pgconn.Config{}}
 }
 
 // errEnvChanged: pgx reads the environment again when it parses, and the
@@ -72,24 +72,27 @@ func newTargets(ec pgsecrets.EngineConfig) *targets {
 // DSN nor PGSSLMODE did) means what it meant then.
 var errEnvChanged = errors.New("pgxsecrets: the PG* environment that decides TLS (PGSSLMODE, PGSSLROOTCERT, PGHOST…) changed since the connection pool or sql.DB was opened; open it again")
 
-// setCreds puts creds into a pgx connection configuration parsed from the
-// engine DSN, and the host, port and database the login dials with the
-// TLS and fallbacks pgx builds for them.
-func (t *targets) setCreds(cc *pgx.ConnConfig, creds *pgsecrets.Credentials) error {
-	cc.User = creds.Username
-	cc.Password = creds.Password.Reveal()
-	host, port, db := t.ec.Apply(creds, cc.Host, cc.Port, cc.Database)
-	cc.Database = db
+// setLogin puts l into a pgx connection configuration parsed from the
+// engine DSN: the user, the password, and the host, port and database the
+// login dials, with the TLS and fallbacks pgx builds for them.
+func (t *targets) setLogin(cc *pgx.ConnConfig, l *engine.Login) error {
+	cc.User = l.User
+	cc.Password = l.Password.Reveal()
+	if l.DBName != "" {
+		cc.Database = l.DBName
+	}
 	var to target
-	if !t.ec.HostSet && creds.Host != "" {
-		if err := t.checkHost(host, port); err != nil {
+	if l.Host != "" {
+		port := cc.Port
+		if l.Port != 0 {
+			port = l.Port
+		}
+		if err := t.checkHost(l.Host, port); err != nil {
 			return err
 		}
-		to.host = host
+		to.host = l.Host
 	}
-	if !t.ec.PortSet && creds.Port != 0 {
-		to.port = port
-	}
+	to.port = l.Port
 	if (to.host == "" || to.host == cc.Host) && (to.port == 0 || to.port == cc.Port) {
 		return nil // what pgx parsed is what is dialled
 	}
@@ -158,7 +161,7 @@ func (t *targets) parse(to target) (*pgconn.Config, error) {
 	if !slices.Equal(readTLSEnv(), t.env) {
 		return nil, errEnvChanged
 	}
-	dsn := t.ec.DSN
+	dsn := t.dsn
 	if to.host != "" {
 		dsn += " host=" + quote(to.host)
 	}

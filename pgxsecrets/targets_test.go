@@ -8,22 +8,37 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgsecrets/pgsecrets"
+	"github.com/pgsecrets/pgsecrets/internal/engine"
 	"github.com/pgsecrets/pgsecrets/internal/testdb"
 )
 
-// fitted is the configuration a login with creds dials, for an engine
-// DSN whose host, port and dbname keys are as ec says.
-func fitted(t *testing.T, ec pgsecrets.EngineConfig, creds *pgsecrets.Credentials) (*pgx.ConnConfig, error) {
+// engineDSN is an engine DSN and which of host and port it sets (the
+// core gives the secret's to a login only where the DSN sets none).
+type engineDSN struct {
+	DSN              string
+	HostSet, PortSet bool
+}
+
+// fitted is the configuration a login with the secret's host and port
+// dials.
+func fitted(t *testing.T, ec engineDSN, host string, port uint16) (*pgx.ConnConfig, error) {
 	t.Helper()
 	cc, err := pgx.ParseConfig(ec.DSN)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return cc, newTargets(ec).setCreds(cc, creds)
+	return cc, newTargets(ec.DSN).setLogin(cc, ec.login(host, port))
 }
 
-func creds(host string, port uint16) *pgsecrets.Credentials {
-	return &pgsecrets.Credentials{Username: "u", Password: pgsecrets.NewSecret("p"), Host: host, Port: port}
+func (ec engineDSN) login(host string, port uint16) *engine.Login {
+	l := &engine.Login{User: "u", Password: pgsecrets.NewSecret("p")}
+	if !ec.HostSet {
+		l.Host = host
+	}
+	if !ec.PortSet {
+		l.Port = port
+	}
+	return l
 }
 
 // A host and port from the secret get the TLS and fallbacks pgx builds for
@@ -43,8 +58,8 @@ func TestTargetsSecretHostTLS(t *testing.T) {
 		{name: "verify-full", mode: "verify-full sslrootcert=" + ca, tls: true, verify: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			ec := pgsecrets.EngineConfig{DSN: "dbname=app sslmode=" + tc.mode}
-			cc, err := fitted(t, ec, creds("db.example.com", 6543))
+			ec := engineDSN{DSN: "dbname=app sslmode=" + tc.mode}
+			cc, err := fitted(t, ec, "db.example.com", 6543)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -82,8 +97,8 @@ func TestTargetsSecretHostTLS(t *testing.T) {
 // A host list in the DSN keeps pgx's own per-host fallbacks when the
 // secret supplies only the port.
 func TestTargetsDSNHostListSecretPort(t *testing.T) {
-	ec := pgsecrets.EngineConfig{DSN: "host=a.example,b.example sslmode=require", HostSet: true}
-	cc, err := fitted(t, ec, creds("c.example", 7000))
+	ec := engineDSN{DSN: "host=a.example,b.example sslmode=require", HostSet: true}
+	cc, err := fitted(t, ec, "c.example", 7000)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,10 +112,10 @@ func TestTargetsDSNHostListSecretPort(t *testing.T) {
 
 // The DSN's own host and port: nothing is parsed again.
 func TestTargetsDSNHostUntouched(t *testing.T) {
-	ec := pgsecrets.EngineConfig{DSN: "host=a.example port=5433 sslmode=prefer", HostSet: true, PortSet: true}
-	tg := newTargets(ec)
+	ec := engineDSN{DSN: "host=a.example port=5433 sslmode=prefer", HostSet: true, PortSet: true}
+	tg := newTargets(ec.DSN)
 	cc, _ := pgx.ParseConfig(ec.DSN)
-	if err := tg.setCreds(cc, creds("c.example", 7000)); err != nil {
+	if err := tg.setLogin(cc, ec.login("c.example", 7000)); err != nil {
 		t.Fatal(err)
 	}
 	if cc.Host != "a.example" || cc.Port != 5433 || len(cc.Fallbacks) != 1 || len(tg.parsed) != 0 {
@@ -112,13 +127,13 @@ func TestTargetsDSNHostUntouched(t *testing.T) {
 // a hook that changes the TLS configuration it is given does not change
 // the next login's.
 func TestTargetsCache(t *testing.T) {
-	tg := newTargets(pgsecrets.EngineConfig{DSN: "sslmode=require"})
+	tg := newTargets("sslmode=require")
 	login := func(host string) *pgx.ConnConfig {
 		cc, err := pgx.ParseConfig("sslmode=require")
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := tg.setCreds(cc, creds(host, 5432)); err != nil {
+		if err := tg.setLogin(cc, engineDSN{}.login(host, 5432)); err != nil {
 			t.Fatal(err)
 		}
 		return cc
@@ -143,16 +158,16 @@ func TestTargetsCache(t *testing.T) {
 // A secret's host that is a list or a Unix socket would change more than
 // the server dialled.
 func TestTargetsHostileSecretHost(t *testing.T) {
-	if _, err := fitted(t, pgsecrets.EngineConfig{DSN: "sslmode=require"}, creds("evil.example,db.example", 0)); !errors.Is(err, errSecretHostList) {
+	if _, err := fitted(t, engineDSN{DSN: "sslmode=require"}, "evil.example,db.example", 0); !errors.Is(err, errSecretHostList) {
 		t.Errorf("host list: %v", err)
 	}
 	for _, mode := range []string{"require", "verify-ca", "verify-full"} {
-		if _, err := fitted(t, pgsecrets.EngineConfig{DSN: "sslmode=" + mode}, creds("/tmp", 0)); !errors.Is(err, errSecretHostSocket) {
+		if _, err := fitted(t, engineDSN{DSN: "sslmode=" + mode}, "/tmp", 0); !errors.Is(err, errSecretHostSocket) {
 			t.Errorf("socket under %s: %v", mode, err)
 		}
 	}
 	for _, mode := range []string{"disable", "allow", "prefer"} {
-		cc, err := fitted(t, pgsecrets.EngineConfig{DSN: "sslmode=" + mode}, creds("/tmp", 0))
+		cc, err := fitted(t, engineDSN{DSN: "sslmode=" + mode}, "/tmp", 0)
 		if err != nil || cc.Host != "/tmp" {
 			t.Errorf("socket under %s, which allows plaintext: %v", mode, err)
 		}
@@ -163,7 +178,7 @@ func TestTargetsHostileSecretHost(t *testing.T) {
 		"db.example sslmode=disable", "db.example\tsslmode=disable", "db.example\nsslmode=disable",
 		"db.example\r\v\fsslmode=disable", "db.example' sslmode=disable '", `db.example\' sslmode=disable`,
 	} {
-		cc, err := fitted(t, pgsecrets.EngineConfig{DSN: "sslmode=verify-full"}, creds(host, 0))
+		cc, err := fitted(t, engineDSN{DSN: "sslmode=verify-full"}, host, 0)
 		if err != nil {
 			continue // refused is safe too
 		}
@@ -178,10 +193,10 @@ func TestTargetsHostileSecretHost(t *testing.T) {
 // the TLS environment changed is refused rather than weakened.
 func TestTargetsEnvChanged(t *testing.T) {
 	t.Setenv("PGSSLMODE", "require")
-	tg := newTargets(pgsecrets.EngineConfig{DSN: "dbname=app"}) // pgsecrets adds no sslmode when PGSSLMODE has one
+	tg := newTargets("dbname=app") // pgsecrets adds no sslmode when PGSSLMODE has one
 	t.Setenv("PGSSLMODE", "prefer")
 	cc, _ := pgx.ParseConfig("dbname=app")
-	if err := tg.setCreds(cc, creds("db.example", 0)); !errors.Is(err, errEnvChanged) {
+	if err := tg.setLogin(cc, engineDSN{}.login("db.example", 0)); !errors.Is(err, errEnvChanged) {
 		t.Errorf("got %v, want errEnvChanged", err)
 	}
 }
