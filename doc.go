@@ -52,8 +52,8 @@
 //
 // # State and locks
 //
-// Each part owns its state and its lock, and no code outside a type takes
-// that type's lock: the store (store.mu: pacing, backoff, in-flight
+// Each part owns its state and its lock, and no code outside a part takes
+// its lock: the store (store.mu: pacing, backoff, in-flight
 // requests), the cache (cache.mu: current, pending, generation), the lease
 // book (leaseBook.mu), the entry's lifetime (lifetime.mu: closed, and the
 // goroutines' wait group), the registry of entries (entries). None of them

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"os"
 	"slices"
 	"sort"
 	"strconv"
@@ -485,6 +486,11 @@ func (c *Config) server(env func(string) string) server {
 	return s
 }
 
+// SSLMode is the sslmode the engine connects with: the DSN's, else
+// PGSSLMODE's, else pgsecrets' default, require (verify-full when
+// sslrootcert or PGSSLROOTCERT is "system", as lib/pq then chooses).
+func (c *Config) SSLMode() string { return c.server(os.Getenv).sslmode }
+
 // key names the database for the breaker and the recovery (see target).
 func (s server) key() string { return strings.Join(s.hosts, ",") + "|" + s.port + "|" + s.dbname }
 
@@ -497,24 +503,8 @@ func (c *Config) has(key, envName string, env func(string) string) bool {
 	return envName != "" && env(envName) != ""
 }
 
-// quoteValue quotes a value the way libpq's conninfo parser reads it.
-func quoteValue(v string) string {
-	if v != "" && !strings.ContainsFunc(v, func(r rune) bool {
-		return unicode.IsSpace(r) || r == '\'' || r == '\\' || r == '='
-	}) {
-		return v
-	}
-	var b strings.Builder
-	b.WriteByte('\'')
-	for i := 0; i < len(v); i++ { // bytewise: keeps invalid UTF-8 as is
-		if v[i] == '\'' || v[i] == '\\' {
-			b.WriteByte('\\')
-		}
-		b.WriteByte(v[i])
-	}
-	b.WriteByte('\'')
-	return b.String()
-}
+// quoteValue quotes a DSN value (see engine.Quote).
+func quoteValue(v string) string { return engine.Quote(v) }
 
 // parseKeyValue reads a libpq conninfo string: key=value pairs separated
 // by whitespace, values optionally single-quoted, backslash escaping the

@@ -49,13 +49,14 @@ func acquireEntry(key, secretID, stage string, p Provider) *entry {
 	return e
 }
 
-// fetched records a successful call of the configured stage: the cache
-// takes the new version, the lease book a new lease.
+// fetched records a successful call of the configured stage: the lease
+// book takes a new lease, then the cache the new version (in that order:
+// a caller that finds a lease in the cache finds it in the book).
 func (e *entry) fetched(creds *Credentials, pol policy) {
-	prev := e.cache.record(creds)
 	if creds.expiring() {
 		e.leases.adopt(creds, pol)
 	}
+	prev := e.cache.record(creds)
 	if prev != nil && prev.VersionID != creds.VersionID {
 		pol.log.Info(EventRotationPickedUp, "secret_id", e.store.secretID, "stage", creds.Stage,
 			"version_id", creds.VersionID, "previous_version_id", prev.VersionID)

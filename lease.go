@@ -98,7 +98,11 @@ func expiryMargin(configured, d time.Duration) time.Duration {
 // connections use.
 func (b *leaseBook) adopt(c *Credentials, pol policy) {
 	b.mu.Lock()
-	b.addLocked(c, pol, true)
+	if l := b.all[c]; l != nil {
+		b.current = l // a login opened it already: keep its connections' count
+	} else {
+		b.addLocked(c, pol, true)
+	}
 	b.mu.Unlock()
 	b.startKeeper()
 	b.poke()

@@ -146,140 +146,162 @@ type recovered struct {
 }
 
 func (t *target) rounds(cl client, f failure, oneRound bool) (recovered, error) {
-	e, secretID := t.e, t.secretID()
-	started := time.Now()
-	report := func(f failure, storeErr error) {
-		t.progress.Store(&progress{f: f, storeErr: storeErr, started: started})
-	}
-	failed, state, loginErr := f.creds, f.sqlstate, f.err
-	cl.log.Info(EventAuthFailed, "secret_id", secretID, "stage", failed.Stage, "version_id", failed.VersionID,
-		"user", failed.Username, "sqlstate", state)
-	window := cl.window
-	ctx, cancel := context.WithTimeout(e.life.ctx, window)
+	cl.log.Info(EventAuthFailed, "secret_id", t.secretID(), "stage", f.creds.Stage, "version_id", f.creds.VersionID,
+		"user", f.creds.Username, "sqlstate", f.sqlstate)
+	ctx, cancel := context.WithTimeout(t.e.life.ctx, cl.window)
 	defer cancel()
-	start := time.Now()
-	tried := []*Credentials{failed}
-	var storeErr error // the store's last failure, if it kept recovery from fresh credentials
-	seen := func(cr *Credentials) bool {
-		for _, t := range tried {
-			if t.same(cr) {
-				return true
+	s := &search{t: t, cl: cl, ctx: ctx, start: time.Now(), failed: f.creds, tried: []*Credentials{f.creds},
+		state: f.sqlstate, loginErr: f.err}
+	for round := 1; ; round++ {
+		cr, done, err := s.round()
+		if done {
+			if err != nil {
+				return recovered{}, err
 			}
+			cl.log.Info(EventRecovered, "secret_id", t.secretID(), "stage", cr.Stage, "version_id", cr.VersionID,
+				"user", cr.Username, "took", time.Since(s.start).Round(time.Millisecond))
+			return recovered{creds: cr, conn: s.probe}, nil
 		}
+		if oneRound || !pause(ctx, backoff(recoveryStepBase, recoveryStepMax, round)) {
+			break
+		}
+	}
+	return recovered{tried: s.tried}, s.giveUp(oneRound)
+}
+
+// pause waits d unless ctx ends first, or would end before d has passed;
+// it reports whether another round fits.
+func pause(ctx context.Context, d time.Duration) bool {
+	if dl, ok := ctx.Deadline(); ok && time.Now().Add(d).After(dl) {
 		return false
 	}
-	// try logs in with cr; done reports whether recovery is over (with
-	// success or a non-authentication error).
-	var probe driver.Conn // the login that proved the credentials
-	try := func(cr *Credentials) (done bool, err error) {
-		conn, err := cl.dial(ctx, cr)
-		if err == nil {
-			probe = conn
-			t.verified.Store(cr)
-			return true, nil
-		}
-		if st, ok := authFailure(err); ok {
-			tried = append(tried, cr)
-			state, loginErr = st, err
-			report(failure{creds: cr, sqlstate: st, err: err}, storeErr)
-			return false, nil
-		}
-		return true, err
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+		return true
+	case <-ctx.Done():
+		return false
 	}
-	found := func(cr *Credentials) recovered {
-		cl.log.Info(EventRecovered, "secret_id", secretID, "stage", cr.Stage, "version_id", cr.VersionID,
-			"user", cr.Username, "took", time.Since(start).Round(time.Millisecond))
-		return recovered{creds: cr, conn: probe}
-	}
+}
 
-	for round := 1; ; round++ {
-		// Another caller may have refreshed the cache already.
-		if cached := e.cache.active(); cached != nil && !seen(cached) {
-			if done, err := try(cached); done {
-				if err != nil {
-					return recovered{}, err
-				}
-				return found(cached), nil
-			}
-		}
+// search is one recovery's state: the credentials it tried, the last
+// rejection, the store's last failure, and the login that succeeded.
+type search struct {
+	t      *target
+	cl     client
+	ctx    context.Context
+	start  time.Time
+	failed *Credentials // what the recovery started from
+	tried  []*Credentials
+	state  string // the last rejection's SQLSTATE
+	// loginErr is the last rejection; storeErr the store's last failure,
+	// if it kept the recovery from fresh credentials.
+	loginErr, storeErr error
+	probe              driver.Conn // the login that proved the credentials
+}
 
-		// The configured stage again, unless it was read moments ago (the
-		// answer would be the same): the database may have been changed
-		// first and the store updated since.
-		if justRead := time.Since(e.store.health().lastCall) < minCallInterval; !justRead {
-			cur, err := e.store.fetch(ctx, e.store.stage, cl.policy, anyGen)
-			if errors.Is(err, ErrStoreUnavailable) {
-				storeErr = err
-				report(failure{creds: tried[len(tried)-1], sqlstate: state, err: loginErr}, storeErr)
-			}
-			switch {
-			case err == nil && !seen(cur):
-				if done, err := try(cur); done {
-					if err != nil {
-						return recovered{}, err
-					}
-					return found(cur), nil
-				}
-			case err != nil && !errors.Is(err, ErrStoreUnavailable) && !isContextErr(err):
-				return recovered{}, err // not found, denied, malformed: no use waiting
-			}
-		}
-
-		// AWSPENDING: AWS's rotation writes it before changing the
-		// database, and moves the configured stage to it only at the end.
-		if e.store.pendingStage != "" {
-			pend, err := e.store.fetch(ctx, e.store.pendingStage, cl.policy, anyGen)
-			if err == nil && !seen(pend) {
-				done, derr := try(pend)
-				if done && derr == nil {
-					e.cache.setPending(pend)
-					cl.log.Info(EventUsingPending, "secret_id", secretID, "version_id", pend.VersionID,
-						"user", pend.Username)
-					return found(pend), nil
-				}
-				if done {
-					return recovered{}, derr
-				}
-			}
-		}
-
-		if oneRound || ctx.Err() != nil {
-			break
-		}
-		pause := backoff(recoveryStepBase, recoveryStepMax, round)
-		if dl, ok := ctx.Deadline(); ok && time.Now().Add(pause).After(dl) {
-			break
-		}
-		t := time.NewTimer(pause)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-		}
-		if ctx.Err() != nil {
-			break
+func (s *search) seen(cr *Credentials) bool {
+	for _, t := range s.tried {
+		if t.same(cr) {
+			return true
 		}
 	}
+	return false
+}
 
-	t.lastState.Store(state)
-	if loginErr != nil {
-		t.lastReason.Store(loginErr.Error())
+func (s *search) report() {
+	s.t.progress.Store(&progress{f: failure{creds: s.tried[len(s.tried)-1], sqlstate: s.state, err: s.loginErr},
+		storeErr: s.storeErr, started: s.start})
+}
+
+// try logs in with cr; done reports whether the recovery is over (with
+// success, or an error other than a rejection).
+func (s *search) try(cr *Credentials) (done bool, err error) {
+	conn, err := s.cl.dial(s.ctx, cr)
+	if err == nil {
+		s.probe = conn
+		s.t.verified.Store(cr)
+		return true, nil
 	}
-	cause := loginErr
-	if len(tried) == 1 && storeErr != nil {
+	if st, ok := authFailure(err); ok {
+		s.tried = append(s.tried, cr)
+		s.state, s.loginErr = st, err
+		s.report()
+		return false, nil
+	}
+	return true, err
+}
+
+// round tries what is new: (1) the cached credentials, if another caller
+// moved on already; (2) the configured stage again, unless it was read
+// moments ago (the answer would be the same): the database may have been
+// changed first and the store updated since; (3) the pending stage, which
+// AWS's rotation writes before changing the database and makes current
+// only at the end. It returns the credentials that logged in, or done with
+// an error that ends the recovery.
+func (s *search) round() (found *Credentials, done bool, err error) {
+	e := s.t.e
+	if cached := e.cache.active(); cached != nil && !s.seen(cached) {
+		if done, err := s.try(cached); done {
+			return cached, true, err
+		}
+	}
+	if justRead := time.Since(e.store.health().lastCall) < minCallInterval; !justRead {
+		cur, err := e.store.fetch(s.ctx, e.store.stage, s.cl.policy, anyGen)
+		if errors.Is(err, ErrStoreUnavailable) {
+			s.storeErr = err
+			s.report()
+		}
+		switch {
+		case err == nil && !s.seen(cur):
+			if done, err := s.try(cur); done {
+				return cur, true, err
+			}
+		case err != nil && !errors.Is(err, ErrStoreUnavailable) && !isContextErr(err):
+			return nil, true, err // not found, denied, malformed: no use waiting
+		}
+	}
+	if e.store.pendingStage != "" {
+		pend, err := e.store.fetch(s.ctx, e.store.pendingStage, s.cl.policy, anyGen)
+		if err == nil && !s.seen(pend) {
+			done, err := s.try(pend)
+			if done && err == nil {
+				e.cache.setPending(pend)
+				s.cl.log.Info(EventUsingPending, "secret_id", s.t.secretID(), "version_id", pend.VersionID,
+					"user", pend.Username)
+			}
+			if done {
+				return pend, true, err
+			}
+		}
+	}
+	return nil, false, nil
+}
+
+// giveUp records and returns the outcome of a recovery that found nothing
+// the database accepts.
+func (s *search) giveUp(oneRound bool) error {
+	t, failed, store := s.t, s.failed, s.t.e.store
+	t.lastState.Store(s.state)
+	if s.loginErr != nil {
+		t.lastReason.Store(s.loginErr.Error())
+	}
+	cause := s.loginErr
+	if len(s.tried) == 1 && s.storeErr != nil {
 		// No fresh credentials were rejected: the store kept recovery from
 		// finding any. Say so, and keep the breaker out of it.
-		cause = errors.Join(loginErr, storeErr)
+		cause = errors.Join(s.loginErr, s.storeErr)
 	}
-	cl.log.Warn(EventRecoveryFailed, "secret_id", secretID, "stage", failed.Stage, "version_id", failed.VersionID,
-		"user", failed.Username, "sqlstate", state, "took", time.Since(start).Round(time.Millisecond),
-		"credentials_tried", len(tried))
+	s.cl.log.Warn(EventRecoveryFailed, "secret_id", t.secretID(), "stage", failed.Stage, "version_id", failed.VersionID,
+		"user", failed.Username, "sqlstate", s.state, "took", time.Since(s.start).Round(time.Millisecond),
+		"credentials_tried", len(s.tried))
 	read := "fetching the secret again"
-	if e.store.pendingStage != "" {
-		read = fmt.Sprintf("fetching the secret again (%s and %s)", e.store.stage, e.store.pendingStage)
+	if store.pendingStage != "" {
+		read = fmt.Sprintf("fetching the secret again (%s and %s)", store.stage, store.pendingStage)
 	}
 	detail := fmt.Sprintf("the database rejected user %q, and %s for %s found no credentials it accepts",
-		failed.Username, read, window)
+		failed.Username, read, s.cl.window)
 	if oneRound {
 		detail = fmt.Sprintf("the database rejected user %q, and %s found no other credentials it accepts",
 			failed.Username, read)
@@ -287,6 +309,6 @@ func (t *target) rounds(cl client, f failure, oneRound bool) (recovered, error) 
 			detail += "; nothing from this secret has logged in to this database yet, so this is not a rotation in progress and pgsecrets does not wait for one"
 		}
 	}
-	return recovered{tried: tried}, &SecretError{Kind: ErrAuthFailed, SecretID: secretID, Stage: failed.Stage,
-		VersionID: failed.VersionID, SQLState: state, Err: cause, Detail: detail, Hint: authHint(state)}
+	return &SecretError{Kind: ErrAuthFailed, SecretID: t.secretID(), Stage: failed.Stage, VersionID: failed.VersionID,
+		SQLState: s.state, Err: cause, Detail: detail, Hint: authHint(s.state)}
 }

@@ -93,7 +93,7 @@ func ParseConfig(dsn string, opts ...pgsecrets.Option) (*pgxpool.Config, error) 
 	var conn []pgsecrets.Param
 	for _, p := range cfg.Params {
 		if isPoolKey(p.Key) {
-			pool = append(pool, p.Key+"="+quote(p.Value))
+			pool = append(pool, p.Key+"="+engine.Quote(p.Value))
 		} else {
 			conn = append(conn, p)
 		}
@@ -328,13 +328,3 @@ func (c *state) adoptUserHooks() {
 // ptr is a function's code address: closures of one literal share it,
 // the user's differ.
 func ptr(f any) uintptr { return reflect.ValueOf(f).Pointer() }
-
-// quote quotes a DSN value as libpq does. Any white space separates
-// keys for pgx (tab, newline… not only a space), so a value holding some
-// is quoted: unquoted, a secret's host could add keys of its own.
-func quote(v string) string {
-	if v != "" && !strings.ContainsAny(v, " \t\n\v\f\r'\\") {
-		return v
-	}
-	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(v) + "'"
-}

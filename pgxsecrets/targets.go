@@ -163,7 +163,7 @@ func (t *targets) parse(to target) (*pgconn.Config, error) {
 	}
 	dsn := t.dsn
 	if to.host != "" {
-		dsn += " host=" + quote(to.host)
+		dsn += " host=" + engine.Quote(to.host)
 	}
 	if to.port != 0 {
 		dsn += " port=" + strconv.Itoa(int(to.port))

@@ -3,7 +3,6 @@ package rotate_test
 import (
 	"context"
 	"database/sql"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -43,13 +42,24 @@ func newAppWorld(t *testing.T) *appWorld {
 	}
 	t.Cleanup(func() { su.Close() })
 	a.su = su
-	_, cur := w.stage(rotate.StageCurrent)
-	cur["masterarn"], cur["dbname"] = adminARN, a.dbname
-	b, _ := json.Marshal(cur)
-	if _, err := w.sm.PutSecretValue(w.secretID, string(b)); err != nil {
-		t.Fatal(err)
-	}
+	w.changeCurrent(map[string]any{"masterarn": adminARN, "dbname": a.dbname})
 	return a
+}
+
+// awsTemplateClone sets up the clone as AWS's MultiUser template leaves
+// it: a member of the owner that logs in with a password of its own,
+// nothing more. It returns the clone's version of the secret (AWSCURRENT's
+// fields with the clone's username and password), not yet written.
+func (a *appWorld) awsTemplateClone() map[string]any {
+	a.t.Helper()
+	clone, pw := a.user+"_clone", testkit.RandomPassword()
+	if err := a.pg.CreateRole(context.Background(), clone, pw); err != nil {
+		a.t.Fatal(err)
+	}
+	a.exec("GRANT " + pq.QuoteIdentifier(a.user) + " TO " + pq.QuoteIdentifier(clone))
+	_, v := a.stage(rotate.StageCurrent)
+	v["username"], v["password"] = clone, pw
+	return v
 }
 
 func (a *appWorld) exec(qs ...string) {
@@ -358,17 +368,8 @@ func TestAlternatingTakesOverAWSTemplate(t *testing.T) {
 	app, clone := a.user, a.user+"_clone"
 	ctx := context.Background()
 	a.exec("CREATE TABLE public.app_t (id serial, who text)", "ALTER TABLE public.app_t OWNER TO "+pq.QuoteIdentifier(app))
-	clonePW := testkit.RandomPassword()
-	if err := a.pg.CreateRole(ctx, clone, clonePW); err != nil {
-		t.Fatal(err)
-	}
-	a.exec("GRANT " + pq.QuoteIdentifier(app) + " TO " + pq.QuoteIdentifier(clone))
+	awsVersion := a.awsTemplateClone()
 	_, cur := a.stage(rotate.StageCurrent)
-	awsVersion := map[string]any{}
-	for k, v := range cur {
-		awsVersion[k] = v
-	}
-	awsVersion["username"], awsVersion["password"] = clone, clonePW
 	made := a.as(awsVersion)
 	for _, q := range []string{
 		"CREATE TABLE public.clone_t (id serial, who text)",
@@ -384,10 +385,7 @@ func TestAlternatingTakesOverAWSTemplate(t *testing.T) {
 	if err := uses[1].run(ctx, a.as(cur)); !pqCode(err, "42501") {
 		t.Fatalf("the hole AWS's template leaves: %s on the clone's table: %v, want permission denied", app, err)
 	}
-	b, _ := json.Marshal(awsVersion)
-	if _, err := a.sm.PutSecretValue(a.secretID, string(b)); err != nil {
-		t.Fatal(err)
-	}
+	a.writeCurrent(awsVersion)
 	r := a.rotator(rotate.Options{Strategy: rotate.AlternatingUsers})
 	if err := a.sm.SetRotation(a.secretID, true, 30, time.Now()); err != nil {
 		t.Fatal(err)
@@ -489,19 +487,9 @@ func TestAlternatingMonitorReportsBrokenPair(t *testing.T) {
 // query succeeds and setSecret completes on a later attempt.
 func TestAlternatingRepairGivesWayToTheApplication(t *testing.T) {
 	a := newAppWorld(t)
-	app, clone := a.user, a.user+"_clone"
+	clone := a.user + "_clone"
 	ctx := context.Background()
-	clonePW := testkit.RandomPassword()
-	if err := a.pg.CreateRole(ctx, clone, clonePW); err != nil {
-		t.Fatal(err)
-	}
-	a.exec("GRANT " + pq.QuoteIdentifier(app) + " TO " + pq.QuoteIdentifier(clone))
-	_, cur := a.stage(rotate.StageCurrent)
-	awsVersion := map[string]any{}
-	for k, v := range cur {
-		awsVersion[k] = v
-	}
-	awsVersion["username"], awsVersion["password"] = clone, clonePW
+	awsVersion := a.awsTemplateClone()
 	maker := a.as(awsVersion)
 	for _, n := range []string{"r1", "r2", "r3"} {
 		if _, err := maker.Exec("CREATE TABLE public." + n + " (id int)"); err != nil {
@@ -526,10 +514,7 @@ func TestAlternatingRepairGivesWayToTheApplication(t *testing.T) {
 		t.Fatalf("the clone owns %v", order)
 	}
 	first, second, third := order[0], order[1], order[2]
-	b, _ := json.Marshal(awsVersion)
-	if _, err := a.sm.PutSecretValue(a.secretID, string(b)); err != nil {
-		t.Fatal(err)
-	}
+	a.writeCurrent(awsVersion)
 
 	// Two of the application's transactions (sessions acting as the clone,
 	// as under AWS's template): one reads the second table, the other has
@@ -666,25 +651,15 @@ func TestAlternatingTakeoverNamesDirectGrants(t *testing.T) {
 	a := newAppWorld(t)
 	app, clone, third := a.user, a.user+"_clone", a.user+"_third"
 	ctx := context.Background()
-	clonePW := testkit.RandomPassword()
-	if err := a.pg.CreateRole(ctx, clone, clonePW); err != nil {
-		t.Fatal(err)
-	}
+	awsVersion := a.awsTemplateClone()
 	a.exec("CREATE ROLE " + pq.QuoteIdentifier(third) + " NOLOGIN")
 	t.Cleanup(func() { _ = a.pg.DropRole(context.Background(), third) }) // after the database
 	a.exec(
-		"GRANT "+pq.QuoteIdentifier(app)+" TO "+pq.QuoteIdentifier(clone),
 		"CREATE TABLE public.reports (id int)",
 		"ALTER TABLE public.reports OWNER TO "+pq.QuoteIdentifier(third),
 		"GRANT SELECT ON public.reports TO "+pq.QuoteIdentifier(clone),
 	)
-	_, cur := a.stage(rotate.StageCurrent)
-	cur["username"], cur["password"] = clone, clonePW
-	b, _ := json.Marshal(cur)
-	curID, err := a.sm.PutSecretValue(a.secretID, string(b))
-	if err != nil {
-		t.Fatal(err)
-	}
+	curID := a.writeCurrent(awsVersion)
 	r := a.rotator(rotate.Options{Strategy: rotate.AlternatingUsers})
 	token := "71111111-2222-4333-8444-555555555555"
 	for _, step := range []rotate.Step{rotate.CreateSecret, rotate.SetSecret} {
@@ -692,7 +667,7 @@ func TestAlternatingTakeoverNamesDirectGrants(t *testing.T) {
 			t.Fatal(step, err)
 		}
 	}
-	_, err = r.Run(ctx, a.secretID, token, rotate.TestSecret)
+	_, err := r.Run(ctx, a.secretID, token, rotate.TestSecret)
 	if !errors.Is(err, rotate.ErrTestFailed) || !strings.Contains(err.Error(), "SELECT on table public.reports") ||
 		!strings.Contains(err.Error(), "granted to "+clone+" itself") {
 		t.Fatalf("testSecret: %v, want ErrTestFailed naming the clone's own SELECT on public.reports", err)

@@ -337,10 +337,12 @@ func (r *Rotator) testSecret(ctx context.Context, secretID, token string) (strin
 		return "", fmt.Errorf("%w: logging in as %s with AWSPENDING: %w", ErrTestFailed, pend.user(), err)
 	}
 	defer db.Close()
-	tls, err := sessionEncrypted(ctx, db)
-	if err != nil {
+	// A session whose pg_stat_ssl row is not visible counts as unencrypted.
+	session, err := ReadSessionTLS(ctx, db)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
 		return "", err
 	}
+	tls := session.Encrypted
 	if !tls && !r.conn.plaintext {
 		return "", fmt.Errorf("%w: the session of %s is not encrypted", ErrTestFailed, pend.user())
 	}

@@ -39,14 +39,11 @@ func TestRotationLeaksNothing(t *testing.T) {
 	note(w.rotator(rotate.Options{}).Check(ctx, w.secretID, time.Now()), nil)
 
 	// Alternating with a wrong admin password; then the store failing.
-	_, cur := w.stage(rotate.StageCurrent)
-	cur["masterarn"] = adminARN
-	b, _ := json.Marshal(cur)
-	w.sm.PutSecretValue(w.secretID, string(b))
+	w.changeCurrent(map[string]any{"masterarn": adminARN})
 	var admin map[string]any
 	json.Unmarshal([]byte(adminPW), &admin)
 	admin["password"] = "wrong-" + admin["password"].(string)
-	b, _ = json.Marshal(admin)
+	b, _ := json.Marshal(admin)
 	w.sm.PutSecretValue(adminARN, string(b))
 	_, res, err = w.rotator(rotate.Options{Strategy: rotate.AlternatingUsers}).Rotate(ctx, w.secretID)
 	note(res, err)

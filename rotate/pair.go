@@ -482,23 +482,39 @@ func (p pair) sessionProblems(ctx context.Context, q querier, user string) ([]st
 	return out, nil
 }
 
-// sessionEncrypted reports whether db's session runs over TLS.
-// pg_stat_ssl shows a session's row only to roles with the privileges of
-// its login role, and a clone's session acts as the owner, which has not
-// the clone's: the row is read as the login role (SET LOCAL ROLE NONE,
-// undone with the transaction).
-func sessionEncrypted(ctx context.Context, db *sql.DB) (bool, error) {
+// SessionTLS is what pg_stat_ssl says about a database session.
+type SessionTLS struct {
+	// Encrypted reports whether the session runs over TLS.
+	Encrypted bool `json:"encrypted"`
+	// Version and Cipher are the TLS version (e.g. TLSv1.3) and cipher;
+	// empty without TLS.
+	Version string `json:"version,omitempty"`
+	Cipher  string `json:"cipher,omitempty"`
+}
+
+// ReadSessionTLS reads the TLS state of the session that db (a *sql.Conn
+// for a given session, or a *sql.DB) runs its next transaction on. That
+// is pg_stat_ssl's row for the session, which PostgreSQL shows only to
+// roles with the privileges of the session's login role; a session that
+// acts as another role (an alternating pair's clone acting as the owner,
+// ALTER ROLE … SET role) has not them, so the row is read as the login
+// role (SET LOCAL ROLE NONE, in a read-only transaction that is rolled
+// back). When no row is visible the error is sql.ErrNoRows.
+func ReadSessionTLS(ctx context.Context, db interface {
+	BeginTx(context.Context, *sql.TxOptions) (*sql.Tx, error)
+}) (SessionTLS, error) {
 	tx, err := db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
 	if err != nil {
-		return false, err
+		return SessionTLS{}, err
 	}
 	defer tx.Rollback()
 	if _, err := tx.ExecContext(ctx, "SET LOCAL ROLE NONE"); err != nil {
-		return false, err
+		return SessionTLS{}, err
 	}
-	var tls bool
-	if err := tx.QueryRowContext(ctx, "SELECT coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)").Scan(&tls); err != nil {
-		return false, err
+	var ssl sql.NullBool
+	var version, cipher sql.NullString
+	if err := tx.QueryRowContext(ctx, "SELECT ssl, version, cipher FROM pg_stat_ssl WHERE pid = pg_backend_pid()").Scan(&ssl, &version, &cipher); err != nil {
+		return SessionTLS{}, err
 	}
-	return tls, nil
+	return SessionTLS{Encrypted: ssl.Bool, Version: version.String, Cipher: cipher.String}, nil
 }

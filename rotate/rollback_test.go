@@ -2,7 +2,6 @@ package rotate_test
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
@@ -47,13 +46,7 @@ func TestRollbackRestoresPrevious(t *testing.T) {
 func TestRollbackSetsPreviousBack(t *testing.T) {
 	w := newWorld(t, nil)
 	ctx := context.Background()
-	adminARN := w.admin()
-	_, cur := w.stage(rotate.StageCurrent)
-	cur["masterarn"] = adminARN
-	b, _ := json.Marshal(cur)
-	if _, err := w.sm.PutSecretValue(w.secretID, string(b)); err != nil {
-		t.Fatal(err)
-	}
+	w.changeCurrent(map[string]any{"masterarn": w.admin()})
 	r := w.rotator(rotate.Options{})
 	if _, _, err := r.Rotate(ctx, w.secretID); err != nil {
 		t.Fatal(err)

@@ -142,6 +142,29 @@ func (w *world) stage(stage string) (string, map[string]any) {
 	return id, v
 }
 
+// writeCurrent writes v as a new AWSCURRENT version of the secret and
+// returns its version id.
+func (w *world) writeCurrent(v map[string]any) string {
+	w.t.Helper()
+	b, _ := json.Marshal(v)
+	id, err := w.sm.PutSecretValue(w.secretID, string(b))
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	return id
+}
+
+// changeCurrent writes a new AWSCURRENT version, the current fields with
+// changes, and returns its version id.
+func (w *world) changeCurrent(changes map[string]any) string {
+	w.t.Helper()
+	_, cur := w.stage(rotate.StageCurrent)
+	for k, v := range changes {
+		cur[k] = v
+	}
+	return w.writeCurrent(cur)
+}
+
 // admin is a superuser with a secret of its own, for masterarn.
 func (w *world) admin() string {
 	name := w.user + "_admin"
@@ -248,13 +271,7 @@ func TestAlternatingUsersCarriesPrivilegesOver(t *testing.T) {
 		}
 	}
 	w.sm.CreateSecret(w.secretID+"-x", "{}") // unrelated secret: ignored
-	adminARN := w.admin()
-	_, cur := w.stage(rotate.StageCurrent)
-	cur["masterarn"] = adminARN
-	b, _ := json.Marshal(cur)
-	if _, err := w.sm.PutSecretValue(w.secretID, string(b)); err != nil {
-		t.Fatal(err)
-	}
+	w.changeCurrent(map[string]any{"masterarn": w.admin()})
 
 	l := startLoad(t, w.driver(), 16)
 	r := w.rotator(rotate.Options{Strategy: rotate.AlternatingUsers,
@@ -323,11 +340,7 @@ func TestAlternatingTestSecretFailsOnMissingPrivilege(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Exec("DROP TABLE IF EXISTS " + quote(table)) })
-	adminARN := w.admin()
-	curID, cur := w.stage(rotate.StageCurrent)
-	cur["masterarn"] = adminARN
-	b, _ := json.Marshal(cur)
-	curID, _ = w.sm.PutSecretValue(w.secretID, string(b))
+	curID := w.changeCurrent(map[string]any{"masterarn": w.admin()})
 
 	l := startLoad(t, w.driver(), 8)
 	r := w.rotator(rotate.Options{Strategy: rotate.AlternatingUsers})

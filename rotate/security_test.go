@@ -51,19 +51,6 @@ func (w *world) adminSecret(r role, fields map[string]any) string {
 	return w.sm.CreateSecret("test/admin/"+r.name, string(b))
 }
 
-// tamper writes a new AWSCURRENT: the current fields with changes.
-func (w *world) tamper(changes map[string]any) {
-	w.t.Helper()
-	_, cur := w.stage(rotate.StageCurrent)
-	for k, v := range changes {
-		cur[k] = v
-	}
-	b, _ := json.Marshal(cur)
-	if _, err := w.sm.PutSecretValue(w.secretID, string(b)); err != nil {
-		w.t.Fatal(err)
-	}
-}
-
 func (w *world) logsIn(r role) bool {
 	return w.login(map[string]any{"username": r.name, "password": r.password}) == nil
 }
@@ -89,7 +76,7 @@ func TestTamperedHostGetsNoAdminPassword(t *testing.T) {
 			imp := testkit.StartImpostor(t, testkit.ImpostorOptions{TLS: tlsOn})
 			admin := w.makeRole("admin", "SUPERUSER")
 			arn := w.adminSecret(admin, nil)
-			w.tamper(map[string]any{"host": imp.Host(), "port": imp.Port(), "password": "attacker-guess", "masterarn": arn})
+			w.changeCurrent(map[string]any{"host": imp.Host(), "port": imp.Port(), "password": "attacker-guess", "masterarn": arn})
 
 			// Nothing pins the admin's location: refused before any login.
 			r := w.rotator(rotate.Options{ConnParams: w.caParams()})
@@ -131,7 +118,7 @@ func TestAdminLoginVerifiesTheServer(t *testing.T) {
 	// The application's secret names the server as "localhost"; the
 	// admin's says 127.0.0.1 at a port an attacker answers on.
 	arn := w.adminSecret(admin, map[string]any{"host": imp.Host(), "port": imp.Port()})
-	w.tamper(map[string]any{"host": "localhost", "masterarn": arn})
+	w.changeCurrent(map[string]any{"host": "localhost", "masterarn": arn})
 	opt := rotate.Options{ConnParams: w.caParams(), DatabaseHosts: []string{"localhost"}}
 	_, _, err := w.rotator(opt).Rotate(context.Background(), w.secretID)
 	if err == nil || !strings.Contains(err.Error(), "certificate") {
@@ -168,7 +155,7 @@ func TestTamperedUserChangesNoRole(t *testing.T) {
 				admin := w.makeRole("admin", "SUPERUSER")
 				victim := w.makeRole("victim", victimAttrs)
 				arn := w.adminSecret(admin, map[string]any{"host": w.pg.Host(), "port": w.pg.Port()})
-				w.tamper(map[string]any{"username": victim.name, "password": "attacker-guess", "masterarn": arn})
+				w.changeCurrent(map[string]any{"username": victim.name, "password": "attacker-guess", "masterarn": arn})
 				_, _, err := w.rotator(rotate.Options{Strategy: st}).Rotate(context.Background(), w.secretID)
 				if !errors.Is(err, rotate.ErrRefused) || !strings.Contains(err.Error(), "does not log in") {
 					t.Fatalf("rotation: %v, want ErrRefused (AWSCURRENT does not log in)", err)
@@ -192,7 +179,7 @@ func TestTamperedPendingRefused(t *testing.T) {
 	admin := w.makeRole("admin", "SUPERUSER")
 	victim := w.makeRole("victim", "")
 	arn := w.adminSecret(admin, map[string]any{"host": w.pg.Host(), "port": w.pg.Port()})
-	w.tamper(map[string]any{"masterarn": arn})
+	w.changeCurrent(map[string]any{"masterarn": arn})
 	_, cur := w.stage(rotate.StageCurrent)
 	r := w.rotator(rotate.Options{ConnParams: "sslmode=require " + w.caParams()})
 	for name, change := range map[string]map[string]any{
@@ -258,7 +245,7 @@ func TestPrivilegedTargetsRefused(t *testing.T) {
 			admin := w.makeRole("admin", "SUPERUSER")
 			target := mk(w)
 			arn := w.adminSecret(admin, map[string]any{"host": w.pg.Host(), "port": w.pg.Port()})
-			w.tamper(map[string]any{"username": target.name, "password": target.password, "masterarn": arn})
+			w.changeCurrent(map[string]any{"username": target.name, "password": target.password, "masterarn": arn})
 			_, _, err := w.rotator(rotate.Options{}).Rotate(context.Background(), w.secretID)
 			if !errors.Is(err, rotate.ErrRefused) || !strings.Contains(err.Error(), "privileged") {
 				t.Fatalf("rotation: %v, want ErrRefused (privileged)", err)
@@ -280,7 +267,7 @@ func TestPrivilegedTargetsRefused(t *testing.T) {
 		w := newWorld(t, nil)
 		admin := w.makeRole("admin", "SUPERUSER")
 		arn := w.adminSecret(admin, map[string]any{"host": w.pg.Host(), "port": w.pg.Port()})
-		w.tamper(map[string]any{"username": admin.name, "password": admin.password, "masterarn": arn})
+		w.changeCurrent(map[string]any{"username": admin.name, "password": admin.password, "masterarn": arn})
 		_, _, err := w.rotator(rotate.Options{}).Rotate(context.Background(), w.secretID)
 		if !errors.Is(err, rotate.ErrRefused) {
 			t.Fatalf("rotation: %v, want ErrRefused", err)

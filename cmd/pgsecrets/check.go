@@ -21,6 +21,7 @@ import (
 	"github.com/aws/smithy-go"
 
 	"github.com/pgsecrets/pgsecrets"
+	"github.com/pgsecrets/pgsecrets/rotate"
 )
 
 const checkHelp = `Usage: pgsecrets check [--json] [--timeout 30s] DSN
@@ -124,11 +125,11 @@ type serverInfo struct {
 	CurrentDatabase string `json:"current_database"`
 }
 
+// tlsInfo is the session's TLS (encrypted, version, cipher) and the
+// sslmode it was opened with.
 type tlsInfo struct {
-	Encrypted bool   `json:"encrypted"`
-	Version   string `json:"version,omitempty"`
-	Cipher    string `json:"cipher,omitempty"`
-	SSLMode   string `json:"sslmode"`
+	rotate.SessionTLS
+	SSLMode string `json:"sslmode"`
 }
 
 type driverInfo struct {
@@ -350,13 +351,8 @@ func (c *checker) run(parent context.Context, dsn string) {
 	// logged in, so a rejected login gets one recovery round, not the
 	// retry window.
 	c.diag.step = "checking the DSN with lib/pq"
-	connCfg := *cfg
-	connCfg.Password = pgsecrets.Secret{}
-	connector, err := pgsecrets.NewConnector(connCfg.FormatDSN(),
-		pgsecrets.WithSecretsManagerClient(client), pgsecrets.WithLogger(slog.New(slog.DiscardHandler)))
-	if err != nil {
-		c.step(2, "secret", "the driver rejected the DSN")
-		c.fail("dsn", err)
+	connector := c.connector(cfg, pgsecrets.WithSecretsManagerClient(client))
+	if connector == nil {
 		return
 	}
 	db := sql.OpenDB(connector)
@@ -435,10 +431,9 @@ func (c *checker) database(ctx context.Context, db *sql.DB, connector *pgsecrets
 	srv := &serverInfo{}
 	err = conn.QueryRowContext(ctx, "SELECT version(), current_user, session_user, current_database()").
 		Scan(&srv.Version, &srv.CurrentUser, &srv.SessionUser, &srv.CurrentDatabase)
-	var tl tlsInfo
+	tl := tlsInfo{SSLMode: sslMode}
 	if err == nil {
-		tl, err = sessionTLS(ctx, conn)
-		tl.SSLMode = sslMode
+		tl.SessionTLS, err = rotate.ReadSessionTLS(ctx, conn)
 	}
 	tookQuery := c.timed("queries", t)
 	if err != nil {
@@ -569,6 +564,22 @@ func (c *checker) addDriverStats(connector *pgsecrets.Connector) {
 		AuthRecovered: st.AuthRecovered, PendingUses: st.PendingUses, VersionID: st.VersionID, Stage: st.Stage}
 }
 
+// connector builds the connector check logs in with: cfg's DSN without a
+// password= (the driver ignores it, and FormatDSN would write it as
+// [REDACTED]), with opts and no log. When the driver rejects the DSN it
+// fails step 2 and returns nil.
+func (c *checker) connector(cfg *pgsecrets.Config, opts ...pgsecrets.Option) *pgsecrets.Connector {
+	dsn := *cfg
+	dsn.Password = pgsecrets.Secret{}
+	connector, err := pgsecrets.NewConnector(dsn.FormatDSN(), append(opts, pgsecrets.WithLogger(slog.New(slog.DiscardHandler)))...)
+	if err != nil {
+		c.step(2, "secret", "the driver rejected the DSN")
+		c.fail("dsn", err)
+		return nil
+	}
+	return connector
+}
+
 // hiddenValues are the DSN's values that cfg.String() redacts (an inline
 // private key, sslpassword). Errors are scrubbed of them too: lib/pq names
 // a key it takes for a file path by its value.
@@ -601,33 +612,19 @@ func (c *checker) scrub(s string) string {
 	return s
 }
 
-// sslSettings returns the sslmode and sslrootcert lib/pq will use: the DSN's,
-// else the PG* environment's, else the driver's default (require). The
-// driver applies that default where it builds the engine's DSN (dsn.go,
-// pqDSN) and exports it only as part of the engine plumbing, so the rule is
-// repeated here: keep the two in step.
+// sslSettings returns the sslmode the engine connects with (the core's
+// rule, Config.SSLMode) and the sslrootcert lib/pq reads: the DSN's, else
+// PGSSLROOTCERT.
 func sslSettings(cfg *pgsecrets.Config) (mode, rootCert string) {
 	for _, p := range cfg.Params {
-		switch p.Key {
-		case "sslmode":
-			mode = p.Value
-		case "sslrootcert":
+		if p.Key == "sslrootcert" {
 			rootCert = p.Value
 		}
-	}
-	if mode == "" {
-		mode = os.Getenv("PGSSLMODE")
 	}
 	if rootCert == "" {
 		rootCert = os.Getenv("PGSSLROOTCERT")
 	}
-	if mode == "" {
-		mode = "require"
-		if rootCert == "system" {
-			mode = "verify-full"
-		}
-	}
-	return mode, rootCert
+	return cfg.SSLMode(), rootCert
 }
 
 func portString(p uint16) string {
@@ -646,22 +643,4 @@ func regionFromARN(secretID string) string {
 		return ""
 	}
 	return cfg.Region
-}
-
-// sessionTLS reads the session's row of pg_stat_ssl as the login role: a
-// role that logs in acting as another (the alternating rotation's clone,
-// ALTER ROLE … SET role) cannot see its own row otherwise.
-func sessionTLS(ctx context.Context, conn *sql.Conn) (tlsInfo, error) {
-	tx, err := conn.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
-	if err != nil {
-		return tlsInfo{}, err
-	}
-	defer tx.Rollback()
-	if _, err := tx.ExecContext(ctx, "SET LOCAL ROLE NONE"); err != nil {
-		return tlsInfo{}, err
-	}
-	var ver, cipher sql.NullString
-	var ssl sql.NullBool
-	err = tx.QueryRowContext(ctx, "SELECT ssl, version, cipher FROM pg_stat_ssl WHERE pid = pg_backend_pid()").Scan(&ssl, &ver, &cipher)
-	return tlsInfo{Encrypted: ssl.Bool, Version: ver.String, Cipher: cipher.String}, err
 }

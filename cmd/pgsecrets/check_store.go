@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
-	"log/slog"
 	"time"
 
 	"github.com/pgsecrets/pgsecrets"
@@ -15,13 +14,9 @@ import (
 // provider says what it knows (lease, expiry, token TTL, file and mtime).
 func (c *checker) store(ctx context.Context, cfg *pgsecrets.Config, sslMode string, began time.Time) {
 	c.diag.step = "fetching the secret (" + cfg.Provider + ")"
-	connCfg := *cfg
-	connCfg.Password = pgsecrets.Secret{}
 	t := time.Now()
-	connector, err := pgsecrets.NewConnector(connCfg.FormatDSN(), pgsecrets.WithLogger(slog.New(slog.DiscardHandler)))
-	if err != nil {
-		c.step(2, "secret", "the driver rejected the DSN")
-		c.fail("dsn", err)
+	connector := c.connector(cfg)
+	if connector == nil {
 		return
 	}
 	db := sql.OpenDB(connector)

@@ -173,17 +173,9 @@ func (d *demo) setupAWS(ctx context.Context) error {
 
 	dsn := fmt.Sprintf("host=%s port=%d dbname=%s sslmode=verify-full sslrootcert=%s secret_id=%s secret_endpoint=%s secret_ttl=2s",
 		d.pg.Host(), d.pg.Port(), demoDB, d.pg.CAFile(), demoSecret, d.sm.URL())
-	logger := slog.New(slog.DiscardHandler)
-	if d.opt.verbose {
-		logger = slog.New(slog.NewTextHandler(&logWriter{d}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	c, err := pgsecrets.NewConnector(dsn, pgsecrets.WithLogger(logger))
-	if err != nil {
+	if err := d.openPool(dsn); err != nil {
 		return err
 	}
-	d.connector = c
-	d.logins = &countingConnector{Connector: c}
-	d.db = sql.OpenDB(d.logins)
 	d.db.SetConnMaxLifetime(connLifetime)
 	d.db.SetMaxIdleConns(max(1, d.opt.workers/2))
 
@@ -203,13 +195,30 @@ func (d *demo) setupAWS(ctx context.Context) error {
 	if err := d.pg.DB().QueryRowContext(ctx, "SHOW server_version").Scan(&version); err != nil {
 		return err
 	}
-	cfg := c.Config()
+	cfg := d.connector.Config()
 	fmt.Fprintf(d.stdout, "  postgres  PostgreSQL %s at %s (TLS, scram-sha-256); role %s owns database %s, table orders\n",
 		firstField(version), d.pg.Addr(), demoRole, demoDB)
 	fmt.Fprintf(d.stdout, "  secrets   %s in an in-process Secrets Manager at %s (RDS JSON format)\n", demoSecret, d.sm.URL())
 	fmt.Fprintf(d.stdout, "  dsn       %s\n", cfg.FormatDSN())
 	fmt.Fprintf(d.stdout, "  pool      connections live %s, at most %d idle: new logins all the time\n", connLifetime, max(1, d.opt.workers/2))
 	fmt.Fprintf(d.stdout, "  load      %d workers: 4 reads to 1 INSERT; secret_ttl=2s, so the outage outlasts the cache\n\n", d.opt.workers)
+	return nil
+}
+
+// openPool builds the demo's connector for dsn (its log on stderr with
+// --verbose, else none) and the pool over it that counts its logins.
+func (d *demo) openPool(dsn string) error {
+	logger := slog.New(slog.DiscardHandler)
+	if d.opt.verbose {
+		logger = slog.New(slog.NewTextHandler(&logWriter{d}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	c, err := pgsecrets.NewConnector(dsn, pgsecrets.WithLogger(logger))
+	if err != nil {
+		return err
+	}
+	d.connector = c
+	d.logins = &countingConnector{Connector: c}
+	d.db = sql.OpenDB(d.logins)
 	return nil
 }
 

@@ -83,12 +83,8 @@ func (d *demo) awsSummary() int {
 	rot, four, wrong, outs := d.rotations.Load(), d.fourSteps.Load(), d.wrongOrders.Load(), d.outages.Load()
 
 	w := d.stdout
-	row := func(label, format string, a ...any) {
-		fmt.Fprintf(w, "  %-18s %s\n", label, fmt.Sprintf(format, a...))
-	}
-	fmt.Fprintln(w, "\nSummary")
-	row("duration", "%s, %d workers", seconds(elapsed), d.opt.workers)
-	row("queries", "ok %s  failed %s", thousands(ok), thousands(failed))
+	row := d.summaryRow
+	d.summaryHead(elapsed, ok, failed)
 	row("rotations", "%d (four-step %d, wrong-order %d)", rot, four, wrong)
 	row("store outages", "%d (%s of failing GetSecretValue)", outs, seconds(time.Duration(d.outageTotal.Load())))
 	row("store calls", "%d GetSecretValue", d.sm.Calls("GetSecretValue"))
@@ -124,6 +120,19 @@ func (d *demo) awsSummary() int {
 	}
 	fmt.Fprintf(w, "PASS: %s queries, none failed, through %s.\n", thousands(ok), through)
 	return exitOK
+}
+
+// summaryHead starts the summary table: its title, the run's duration and
+// the queries.
+func (d *demo) summaryHead(elapsed time.Duration, ok, failed int64) {
+	fmt.Fprintln(d.stdout, "\nSummary")
+	d.summaryRow("duration", "%s, %d workers", seconds(elapsed), d.opt.workers)
+	d.summaryRow("queries", "ok %s  failed %s", thousands(ok), thousands(failed))
+}
+
+// summaryRow prints a row of the summary table.
+func (d *demo) summaryRow(label, format string, a ...any) {
+	fmt.Fprintf(d.stdout, "  %-18s %s\n", label, fmt.Sprintf(format, a...))
 }
 
 func plural(n int64, what string) string {

@@ -4,11 +4,9 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
-	"log/slog"
 	"os"
 	"time"
 
-	"github.com/pgsecrets/pgsecrets"
 	"github.com/pgsecrets/pgsecrets/internal/testdb"
 	"github.com/pgsecrets/pgsecrets/vault/vaulttest"
 )
@@ -62,18 +60,10 @@ func (d *demo) setupVault(ctx context.Context) error {
 
 	dsn := fmt.Sprintf("host=%s port=%d dbname=%s sslmode=verify-full sslrootcert=%s secret_provider=vault secret_id=%s secret_endpoint=%s",
 		d.pg.Host(), d.pg.Port(), demoDB, d.pg.CAFile(), demoVaultPath, d.vs.URL())
-	logger := slog.New(slog.DiscardHandler)
-	if d.opt.verbose {
-		logger = slog.New(slog.NewTextHandler(&logWriter{d}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	c, err := pgsecrets.NewConnector(dsn, pgsecrets.WithLogger(logger))
-	if err != nil {
+	if err := d.openPool(dsn); err != nil {
 		return err
 	}
-	d.connector = c
-	d.logins = &countingConnector{Connector: c}
-	d.db = sql.OpenDB(d.logins) // no SetConnMaxLifetime: the leases decide
-	d.db.SetMaxIdleConns(d.opt.workers)
+	d.db.SetMaxIdleConns(d.opt.workers) // no SetConnMaxLifetime: the leases decide
 	if err := d.db.PingContext(ctx); err != nil {
 		return fmt.Errorf("first login through pgsecrets: %w", err)
 	}
@@ -85,7 +75,7 @@ func (d *demo) setupVault(ctx context.Context) error {
 		firstField(version), d.pg.Addr(), demoDB, demoOwner)
 	fmt.Fprintf(d.stdout, "  vault     in-process Vault at %s: %s issues a PostgreSQL role per lease (TTL %s, max TTL %s), member of %s\n",
 		d.vs.URL(), demoVaultPath, ttl, 2*ttl, demoOwner)
-	cfg := c.Config()
+	cfg := d.connector.Config()
 	fmt.Fprintf(d.stdout, "  dsn       %s\n", cfg.FormatDSN())
 	fmt.Fprintf(d.stdout, "  pool      no SetConnMaxLifetime: the driver retires each connection before its lease ends\n")
 	fmt.Fprintf(d.stdout, "  load      %d workers: 4 reads to 1 INSERT; Vault fails every request for a while every %s\n\n", d.opt.workers, 3*d.opt.rotateEvery)
@@ -173,12 +163,8 @@ func (d *demo) vaultSummary() int {
 		}
 	}
 	w := d.stdout
-	row := func(label, format string, a ...any) {
-		fmt.Fprintf(w, "  %-18s %s\n", label, fmt.Sprintf(format, a...))
-	}
-	fmt.Fprintln(w, "\nSummary")
-	row("duration", "%s, %d workers", seconds(elapsed), d.opt.workers)
-	row("queries", "ok %s  failed %s", thousands(ok), thousands(failed))
+	row := d.summaryRow
+	d.summaryHead(elapsed, ok, failed)
 	row("leases", "%d issued, %d renewals, %d revoked while serving", issued, st.LeaseRenewals, st.LeaseRevocations)
 	row("connections", "%s opened, %d retired before their lease ended (no SetConnMaxLifetime)", thousands(d.logins.n.Load()), st.ConnsRetired)
 	row("vault outages", "%d (%s of failing requests)", d.outages.Load(), seconds(time.Duration(d.outageTotal.Load())))
