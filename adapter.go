@@ -69,7 +69,7 @@ func (a adapter) Connected(l *engine.Login) (release func(), retireAt func() tim
 func (a adapter) LoginError(ctx context.Context, err error) error {
 	var creds *Credentials
 	if at := attemptOf(ctx); at != nil {
-		creds = at.creds
+		creds = at.loginCreds()
 	}
 	return a.c.loginError(ctx, creds, err)
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -117,21 +118,22 @@ func (t *target) run(ctx context.Context, cl client, call func(ctx context.Conte
 			_ = r.handoff.Close()
 			r.handoff = nil
 		}
+		creds, release, known := a.seal()
 		state, rejected := authFailure(err)
 		var se *SecretError
-		rejected = rejected && (a.creds != nil || !errors.As(err, &se))
-		if a.release != nil {
-			if rejected && !a.known {
+		rejected = rejected && (creds != nil || !errors.As(err, &se))
+		if release != nil {
+			if rejected && !known {
 				// Published before the slot is released, so that callers
 				// waiting for it join the recovery instead of trying the
 				// same credentials; the recovery clears it when it ends.
-				t.failing.Store(&failure{creds: a.creds, sqlstate: state, err: err})
+				t.failing.Store(&failure{creds: creds, sqlstate: state, err: err})
 			}
-			a.release()
+			release()
 		}
 		if err == nil {
-			if a.creds != nil {
-				t.verified.Store(a.creds)
+			if creds != nil {
+				t.verified.Store(creds)
 				t.rejected.Store(nil)
 			}
 			if i > 0 {
@@ -142,7 +144,6 @@ func (t *target) run(ctx context.Context, cl client, call func(ctx context.Conte
 		if !rejected {
 			return err
 		}
-		creds := a.creds
 		if creds == nil {
 			// A connection another call started failed for this one (a pool
 			// hands out what it made for whoever waits).
@@ -150,7 +151,7 @@ func (t *target) run(ctx context.Context, cl client, call func(ctx context.Conte
 				return err
 			}
 		}
-		if !a.known {
+		if !known {
 			cl.stats.authFailures.Add(1)
 		}
 		if i == maxRecoveries {
@@ -182,11 +183,70 @@ type runState struct {
 // attempt is one call under run: the credentials its login used (none if
 // it needed no new connection), its login slot, and whether the
 // credentials were known rejected before it logged in.
+//
+// A pool may log in for an attempt from a goroutine of its own, which goes
+// on after the call has returned (pgxpool does when the caller's ctx ends
+// during a login), so the attempt is locked, and sealed when its call
+// returns: a login that asks for credentials after that counts as one made
+// outside run, and one that got them just before gives its slot back.
 type attempt struct {
 	*runState
+	mu      sync.Mutex
+	sealed  bool
 	creds   *Credentials
 	release func()
 	known   bool
+}
+
+// seal ends the attempt and returns what its login used.
+func (a *attempt) seal() (creds *Credentials, release func(), known bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.sealed = true
+	return a.creds, a.release, a.known
+}
+
+// loginCreds returns the credentials the attempt's login used, if any.
+func (a *attempt) loginCreds() *Credentials {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.creds
+}
+
+// begin prepares a login of the attempt: the first login of a run asks
+// the breaker. ok is false for a sealed attempt.
+func (a *attempt) begin(t *target, cl client) (probe, ok bool, err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.sealed {
+		return false, false, nil
+	}
+	if a.done == nil {
+		// In the half-open state only the breaker's probe gets past Allow;
+		// it must try the credentials a failed recovery gave up on.
+		probe := t.cb.State() == gobreaker.StateHalfOpen
+		done, err := t.cb.Allow()
+		if err != nil {
+			cl.stats.breakerRejects.Add(1)
+			return false, true, t.openError()
+		}
+		a.done, a.probe = done, probe
+	}
+	return a.probe, true, nil
+}
+
+// got records what the attempt's login uses; for a sealed attempt it gives
+// the slot back at once.
+func (a *attempt) got(creds *Credentials, release func(), known bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.sealed {
+		if release != nil {
+			release()
+		}
+		return
+	}
+	a.creds, a.release, a.known = creds, release, known
 }
 
 // attemptKey carries the attempt in the ctx run gives call, for a login
@@ -213,6 +273,16 @@ func (a *attempt) take() driver.Conn {
 // knows rejected, their rejection (marked known), so that run joins that
 // recovery instead of logging in again.
 func (t *target) credentials(ctx context.Context, cl client, a *attempt) (*Credentials, error) {
+	probe := false
+	if a != nil {
+		var ok bool
+		var err error
+		if probe, ok, err = a.begin(t, cl); err != nil {
+			return nil, err
+		} else if !ok {
+			a = nil
+		}
+	}
 	if a == nil {
 		if t.cb.State() == gobreaker.StateOpen {
 			cl.stats.breakerRejects.Add(1)
@@ -224,31 +294,20 @@ func (t *target) credentials(ctx context.Context, cl client, a *attempt) (*Crede
 		}
 		return creds, err
 	}
-	if a.done == nil {
-		// In the half-open state only the breaker's probe gets past Allow;
-		// it must try the credentials a failed recovery gave up on.
-		probe := t.cb.State() == gobreaker.StateHalfOpen
-		done, err := t.cb.Allow()
-		if err != nil {
-			cl.stats.breakerRejects.Add(1)
-			return nil, t.openError()
-		}
-		a.done, a.probe = done, probe
-	}
 	creds, err := t.e.get(ctx, cl.policy)
 	if err != nil {
 		return nil, err
 	}
 	cl.warn(creds)
-	release, known, err := t.loginSlot(ctx, creds, a.probe)
+	release, known, err := t.loginSlot(ctx, creds, probe)
 	if known != nil {
-		a.creds, a.known = known.creds, true
+		a.got(known.creds, nil, true)
 		return nil, known.err
 	}
 	if err != nil {
 		return nil, err // ctx ended, or a failed recovery's answer (the breaker opens on it)
 	}
-	a.creds, a.release = creds, release
+	a.got(creds, release, false)
 	return creds, nil
 }
 
