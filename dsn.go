@@ -430,7 +430,7 @@ func shortDuration(d time.Duration) string {
 	return s
 }
 
-// pqDSN is the engine's DSN (EngineConfig.DSN), in libpq's key=value form
+// pqDSN is the engine DSN (what an engine is built from), in libpq's key=value form
 // that lib/pq and pgx both parse: the pass-through keys, never a password,
 // and sslmode=require unless the DSN chose otherwise.
 func (c *Config) pqDSN(env func(string) string) string {

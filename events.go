@@ -71,4 +71,29 @@ const (
 	// Debug: the secret has host, port or dbname and the DSN overrides it
 	// (expected for a read replica that reuses the primary's secret).
 	EventSecretFieldOverridden = "pgsecrets: dsn overrides a connection field of the secret"
+	// Warn, once per bad content: a secret file or directory
+	// (secret_provider=file) changed into something that cannot be used
+	// (half written, not JSON, a field or file missing): the previous
+	// credentials are kept until it changes again.
+	EventFileUnusable = "pgsecrets: secret file unusable, keeping previous credentials"
+	// Warn, once per connector: a secret file (secret_provider=file), or
+	// the directory holding it, can be written by its group or by every
+	// user (a directory with the sticky bit, such as /tmp, is fine):
+	// whoever can write it chooses the credentials, and the host, this
+	// process logs in with. The attributes name the path and the mode (and
+	// dir and dir_mode for a directory), never the content.
+	EventFileWritable = "pgsecrets: secret file can be changed by other users"
+	// Warn, once per connector: every user can read a secret file
+	// (secret_provider=file), except in a Kubernetes Secret volume (see
+	// newFileProvider). The attributes name the path and the mode, never
+	// the content.
+	EventFileReadable = "pgsecrets: secret file can be read by every user"
+	// Warn, once per connector: the secret store is reached over plain
+	// http:// on a host that is not loopback, or over https:// without
+	// verifying the certificate: whoever is on the network path reads the
+	// credentials in the answers (and a Vault token in the requests) or
+	// poses as the store. Its attributes are secret_id, store, host (host
+	// and port of the endpoint, never userinfo) and reason, which says what
+	// to change.
+	EventUnprotectedStore = "pgsecrets: secret store reached without verified TLS"
 )

@@ -23,26 +23,6 @@ import (
 	"time"
 )
 
-// EventFileUnusable is logged at Warn, once per bad content, when a secret
-// file or directory (secret_provider=file) changed into something that
-// cannot be used (half written, not JSON, a field or file missing): the
-// previous credentials are kept until it changes again.
-const EventFileUnusable = "pgsecrets: secret file unusable, keeping previous credentials"
-
-// EventFileWritable is logged at Warn, once per connector, when a secret
-// file (secret_provider=file), or the directory holding it, can be written
-// by its group or by every user (a directory with the sticky bit, such as
-// /tmp, is fine): whoever can write it chooses the credentials, and the
-// host, this process logs in with. The attributes name the path and the
-// mode (and dir and dir_mode for a directory), never the content.
-const EventFileWritable = "pgsecrets: secret file can be changed by other users"
-
-// EventFileReadable is logged at Warn, once per connector, when every user
-// can read a secret file (secret_provider=file), except in a Kubernetes
-// Secret volume (see newFileProvider). The attributes name the path and the
-// mode, never the content.
-const EventFileReadable = "pgsecrets: secret file can be read by every user"
-
 // fileDefaultTTL replaces DefaultTTL for the file provider: a check is one
 // stat per file, so polling often costs nothing and a rewritten file is in
 // use within about a second.

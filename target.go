@@ -147,8 +147,9 @@ func (t *target) run(ctx context.Context, cl client, call func(ctx context.Conte
 		if creds == nil {
 			// A connection another call started failed for this one (a pool
 			// hands out what it made for whoever waits).
-			if creds, err = t.e.get(ctx, cl.policy); err != nil {
-				return err
+			var gerr error
+			if creds, gerr = t.e.get(ctx, cl.policy); gerr != nil {
+				return gerr
 			}
 		}
 		if !known {

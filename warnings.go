@@ -30,15 +30,6 @@ func (c *Connector) warnAtOpen() {
 	}
 }
 
-// EventUnprotectedStore is logged at Warn, once per connector, when the
-// secret store is reached over plain http:// on a host that is not
-// loopback, or over https:// without verifying the certificate: whoever
-// is on the network path reads the credentials in the answers (and a
-// Vault token in the requests) or poses as the store. Its attributes are
-// secret_id, store, host (host and port of the endpoint, never userinfo)
-// and reason, which says what to change.
-const EventUnprotectedStore = "pgsecrets: secret store reached without verified TLS"
-
 // StoreEndpoint says where a provider's requests go, for the warning
 // EventUnprotectedStore.
 type StoreEndpoint struct {
