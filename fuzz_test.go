@@ -46,7 +46,11 @@ func FuzzParseDSN(f *testing.F) {
 			t.Fatalf("FormatDSN output %q does not parse: %v", out, err)
 		}
 		if pw != "" && pw != redacted {
-			if strings.Contains(strings.Replace(out, "password="+redacted, "", 1), "password="+quoteValue(pw)) {
+			// The output must not depend on the password (it may occur by
+			// chance in other values, as in secret_id='password=0').
+			other := *cfg
+			other.Password = NewSecret(pw + "x")
+			if again.Password.Reveal() == pw || other.FormatDSN() != out {
 				t.Fatalf("FormatDSN shows the password: %s", out)
 			}
 			pairs, err := parseKeyValue(cfg.pqDSN(noEnv))
