@@ -22,7 +22,7 @@
 //
 //  1. Credentials: target.credentials asks the breaker once per call, then
 //     entry.get (cache.go), which answers from memory while they are fresh;
-//     near the TTL, or at 0.6–0.7 of a lease's life, one background
+//     near the TTL, or when a lease can no longer be renewed, one background
 //     refresh; expired, one store call (store.go: shared by every caller,
 //     paced, hedged when the store is slow); store down, stale credentials
 //     within secret_max_stale, else ErrStoreUnavailable at once.

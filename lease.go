@@ -15,16 +15,20 @@ import (
 // Expiring credentials (Vault leases) get four things the core does for no
 // other kind:
 //
-//   - a refresh ahead, in the background, at about two thirds of their life
-//     (jittered between 0.6 and 0.7, so a fleet does not fetch at once);
+//   - renewal first (for a Leaser): the current lease, and any lease with
+//     open connections, is renewed at half its life while the store extends
+//     it; a newer one is fetched in the background only when a renewal was
+//     capped (at 30–40% of the remaining time), refused (at once) or is not
+//     possible at all (at 60–70% of the life), jittered so that a fleet does
+//     not fetch at once;
 //   - no new connection within the expiry margin of their end;
 //   - connections that are closed before that margin, whatever
 //     SetConnMaxLifetime says: the connection is wrapped, and the wrapper
 //     declines reuse (driver.Validator, driver.SessionResetter) and closes
 //     itself when idle at that time;
-//   - for a Leaser, renewal while connections made with the lease are open,
-//     and revocation once a newer lease serves new connections and the last
-//     connection of the old one has closed, or when the connector closes.
+//   - for a Leaser, revocation once a newer lease serves new connections
+//     and the last connection of the old one has closed, or when the
+//     connector closes.
 //
 // Credentials that do not expire are never wrapped: their connections are
 // the engine's own.
@@ -65,10 +69,13 @@ type leaseBook struct {
 
 // lease is one expiring credential and the connections made with it.
 type lease struct {
-	creds     *Credentials
-	life      time.Duration // the duration granted at issue
-	margin    time.Duration
-	refreshAt time.Time // when a newer one is fetched, if this is current
+	creds  *Credentials
+	life   time.Duration // the duration granted at issue
+	margin time.Duration
+	// refreshAt is when a newer one is fetched, if this is current; zero
+	// while renewals can still extend it (renew first: a new lease is a new
+	// database role, a renewal is not).
+	refreshAt time.Time
 	retireAt  atomic.Int64
 	// guarded by leaseBook.mu
 	expires    time.Time
@@ -129,7 +136,9 @@ func (b *leaseBook) addLocked(c *Credentials, pol policy, current bool) *lease {
 	}
 	l := &lease{creds: c, life: life, margin: expiryMargin(pol.margin, life), expires: c.Expires,
 		conns: map[*leaseConn]struct{}{}, capped: !c.Renewable || b.leaser == nil}
-	l.refreshAt = now.Add(time.Duration(float64(life) * (0.6 + 0.1*rand.Float64())))
+	if l.capped {
+		l.refreshAt = now.Add(time.Duration(float64(life) * (0.6 + 0.1*rand.Float64())))
+	}
 	l.nextRenew = now.Add(life / 2)
 	l.retireAt.Store(c.Expires.Add(-l.margin).UnixNano())
 	b.all[c] = l
@@ -137,6 +146,19 @@ func (b *leaseBook) addLocked(c *Credentials, pol policy, current bool) *lease {
 		b.current = l
 	}
 	return l
+}
+
+// refreshDue reports whether a newer lease should be fetched at now.
+func (l *lease) refreshDue(now time.Time) bool {
+	return !l.refreshAt.IsZero() && !now.Before(l.refreshAt)
+}
+
+// planRefresh has a newer lease fetched after d, unless one is planned
+// sooner. Called with leaseBook.mu held.
+func (l *lease) planRefresh(now time.Time, d time.Duration) {
+	if at := now.Add(max(d, 0)); l.refreshAt.IsZero() || at.Before(l.refreshAt) {
+		l.refreshAt = at
+	}
 }
 
 // join registers an open connector; leave forgets it (pol.stats tells
@@ -192,7 +214,7 @@ func (b *leaseBook) usable(c *Credentials, now time.Time) (ok, refresh bool) {
 	if l == nil {
 		return false, true
 	}
-	return now.UnixNano() < l.retireAt.Load(), b.current == l && !now.Before(l.refreshAt)
+	return now.UnixNano() < l.retireAt.Load(), b.current == l && l.refreshDue(now)
 }
 
 // open registers a login about to be made with c; the lease is not revoked
@@ -318,7 +340,9 @@ func (b *leaseBook) step(now time.Time) time.Time {
 		} else {
 			soon(retireAt)
 		}
-		if !l.capped && inUse && !l.renewing {
+		// Renew first: a lease with connections, and the current one (the
+		// next connections' lease), is renewed while renewals extend it.
+		if !l.capped && (inUse || l == b.current) && !l.renewing {
 			if !now.Before(l.nextRenew) {
 				l.renewing = true
 				renew = append(renew, l)
@@ -326,8 +350,8 @@ func (b *leaseBook) step(now time.Time) time.Time {
 				soon(l.nextRenew)
 			}
 		}
-		if l == b.current {
-			if !now.Before(l.refreshAt) {
+		if l == b.current && !l.refreshAt.IsZero() {
+			if l.refreshDue(now) {
 				refresh = true
 				// Try again after the pacing interval if no newer one came.
 				l.refreshAt = now.Add(minCallInterval)
@@ -381,6 +405,9 @@ func (b *leaseBook) renew(l *lease) {
 			return
 		}
 		l.renewFails++
+		// A new lease now (jittered across processes): this one may not
+		// last.
+		l.planRefresh(time.Now(), time.Duration(rand.Int64N(int64(minCallInterval))))
 		if errors.Is(err, ErrSecretNotFound) {
 			// The store no longer knows the lease (revoked by someone
 			// else): its role is gone, so its connections retire now.
@@ -408,7 +435,11 @@ func (b *leaseBook) renew(l *lease) {
 	// reached its maximum and will not move again.
 	capped := exp.Before(asked.Add(inc - 500*time.Millisecond))
 	if capped {
+		// Renewals reached the role's max_ttl: the next connections get a
+		// new lease, fetched well before this one's connections retire.
 		l.capped = true
+		now := time.Now()
+		l.planRefresh(now, time.Duration(float64(l.expires.Sub(now))*(0.3+0.1*rand.Float64())))
 	}
 	l.nextRenew = l.expires.Add(-l.life / 2)
 	expiresIn := time.Until(l.expires).Round(time.Millisecond)

@@ -10,9 +10,10 @@
 //
 //   - <mount>/creds/<role>: dynamic credentials of the database secrets
 //     engine. Each is a lease (a PostgreSQL role of its own) that pgsecrets
-//     refreshes at about two thirds of its duration, renews while
-//     connections made with it are open, revokes once it is no longer used
-//     and when the connector closes, and never lets a connection outlive.
+//     renews while it is the current one or connections made with it are
+//     open, replaces (ahead of time) only when Vault no longer extends it,
+//     revokes once it is no longer used and when the connector closes, and
+//     never lets a connection outlive.
 //   - <mount>/static-creds/<role>: a static role, whose password Vault
 //     rotates every rotation_period. pgsecrets reads it again just after the
 //     rotation time Vault announces (ttl), and at once after an
@@ -124,6 +125,13 @@ type provider struct {
 	tokenRenewable bool
 	tokenOurs      bool // created by a login here: revoked at Close
 	loginErr       error
+	// A lease ends with the token it was issued under, not with the
+	// token that renews it: tokenGen counts the logins, leaseGen says
+	// under which a lease was issued, pastEnds when each replaced token
+	// ends (entries are dropped once that time has passed).
+	tokenGen uint64
+	leaseGen map[string]uint64
+	pastEnds map[uint64]time.Time
 }
 
 func newProvider(ctx context.Context, cfg *pgsecrets.Config) (pgsecrets.Provider, error) {
@@ -267,6 +275,9 @@ func (p *provider) Fetch(ctx context.Context, stage string) (*pgsecrets.Credenti
 		path = p.kvMount + "/data/" + p.kvPath
 	}
 	now := time.Now()
+	p.mu.Lock()
+	gen := p.tokenGen // the token the read goes out with
+	p.mu.Unlock()
 	sec, err := p.client.Logical().ReadWithContext(ctx, path)
 	if err != nil {
 		return nil, p.classify("reading", err)
@@ -287,7 +298,7 @@ func (p *provider) Fetch(ctx context.Context, stage string) (*pgsecrets.Credenti
 		if c.LeaseID == "" || sec.LeaseDuration <= 0 {
 			return nil, p.errorf(pgsecrets.ErrMalformedSecret, "the response carries no lease", "secret_id must be a database secrets engine creds path")
 		}
-		p.capAtToken(c)
+		p.capAtToken(c, gen)
 		return c, nil
 	case static:
 		c, err := p.credsFrom(sec.Data)
@@ -349,17 +360,35 @@ func (p *provider) credsFrom(data map[string]any) (*pgsecrets.Credentials, error
 	return &pgsecrets.Credentials{Username: u, Password: pgsecrets.NewSecret(pw)}, nil
 }
 
-// capAtToken keeps a lease's end within its token's: Vault revokes a
-// token's leases with it, so that is when the credentials really end.
-func (p *provider) capAtToken(c *pgsecrets.Credentials) {
+// capAtToken keeps a lease's end within the end of the token it was
+// issued under (generation gen): Vault revokes a token's leases with it,
+// so that is when the credentials really end.
+func (p *provider) capAtToken(c *pgsecrets.Credentials, gen uint64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if !p.tokenEnd.IsZero() && p.tokenEnd.Before(c.Expires) {
-		c.Expires = p.tokenEnd
-		if !p.tokenRenewable && !p.canLogin() {
+	if p.leaseGen == nil {
+		p.leaseGen = map[string]uint64{}
+	}
+	p.leaseGen[c.LeaseID] = gen
+	if end := p.tokenEndLocked(gen); !end.IsZero() && end.Before(c.Expires) {
+		c.Expires = end
+		if gen != p.tokenGen || (!p.tokenRenewable && !p.canLogin()) {
 			c.Renewable = false
 		}
 	}
+}
+
+// tokenEndLocked is when the token of generation gen ends: the current
+// token's end, a replaced one's, or now for one whose end has passed and
+// been forgotten.
+func (p *provider) tokenEndLocked(gen uint64) time.Time {
+	if gen == p.tokenGen {
+		return p.tokenEnd
+	}
+	if end, ok := p.pastEnds[gen]; ok {
+		return end
+	}
+	return time.Now()
 }
 
 // Describe says which Vault, path kind, auth method and token state serve
@@ -407,8 +436,12 @@ func (p *provider) Renew(ctx context.Context, c *pgsecrets.Credentials, incremen
 	}
 	end := now.Add(time.Duration(sec.LeaseDuration) * time.Second)
 	p.mu.Lock()
-	if !p.tokenEnd.IsZero() && p.tokenEnd.Before(end) {
-		end = p.tokenEnd
+	gen, ok := p.leaseGen[c.LeaseID]
+	if !ok {
+		gen = p.tokenGen
+	}
+	if tokenEnd := p.tokenEndLocked(gen); !tokenEnd.IsZero() && tokenEnd.Before(end) {
+		end = tokenEnd
 	}
 	p.mu.Unlock()
 	return end, nil
@@ -422,6 +455,9 @@ func (p *provider) Revoke(ctx context.Context, c *pgsecrets.Credentials) error {
 	if err := p.client.Sys().RevokeWithContext(ctx, c.LeaseID); err != nil {
 		return p.classify("revoking lease "+c.LeaseID+" of", err)
 	}
+	p.mu.Lock()
+	delete(p.leaseGen, c.LeaseID)
+	p.mu.Unlock()
 	return nil
 }
 
@@ -568,7 +604,26 @@ func (p *provider) login(ctx context.Context) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	// The old token ends by itself, with its leases, which pgsecrets
-	// replaces before then (their Expires is capped at the token's end).
+	// replaces before then (their Expires, renewals included, is capped at
+	// the old token's end).
+	if p.tokenKnown {
+		if p.pastEnds == nil {
+			p.pastEnds = map[uint64]time.Time{}
+		}
+		now := time.Now()
+		for g, end := range p.pastEnds {
+			if !end.IsZero() && end.Before(now) {
+				delete(p.pastEnds, g) // its token, and so its leases, ended
+			}
+		}
+		for id, g := range p.leaseGen {
+			if _, ok := p.pastEnds[g]; !ok && g != p.tokenGen {
+				delete(p.leaseGen, id)
+			}
+		}
+		p.pastEnds[p.tokenGen] = p.tokenEnd // zero: that token does not expire
+	}
+	p.tokenGen++
 	p.client.SetToken(sec.Auth.ClientToken)
 	p.tokenKnown, p.tokenOurs, p.tokenRenewable = true, true, sec.Auth.Renewable
 	p.tokenTTL = time.Duration(sec.Auth.LeaseDuration) * time.Second
