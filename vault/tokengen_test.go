@@ -49,7 +49,7 @@ func TestRenewalKeepsLeaseWithinItsToken(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = p.Revoke(ctx, c) }()
-	tokenEnd := c.Expires // the lease (1 min, renewable to 1 h) ends with its token (1 min)
+	tokenEnd := c.Expires                // the lease (1 min, renewable to 1 h) ends with its token (1 min)
 	if err := p.login(ctx); err != nil { // a new token, as when the old one cannot be renewed
 		t.Fatal(err)
 	}
