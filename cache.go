@@ -27,6 +27,7 @@ type cache struct {
 	pending     *Credentials  // a validated pending version, used until the configured stage catches up
 	gen         int64         // successful fetches, for callers that saw a miss
 	rotateGrace time.Duration // how long after RotatesAt the next fetch is due
+	ahead       float64       // at which fraction of a token's life the next one is fetched
 }
 
 // view is what the cache holds at one moment.
@@ -36,12 +37,14 @@ type view struct {
 	pending     bool
 	gen         int64
 	rotateGrace time.Duration
+	ahead       float64
 }
 
 func (c *cache) view() view {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	v := view{active: c.cur, fetchedAt: c.fetchedAt, pending: c.pending != nil, gen: c.gen, rotateGrace: c.rotateGrace}
+	v := view{active: c.cur, fetchedAt: c.fetchedAt, pending: c.pending != nil, gen: c.gen, rotateGrace: c.rotateGrace,
+		ahead: c.ahead}
 	if c.pending != nil {
 		v.active = c.pending
 	}
@@ -80,6 +83,7 @@ func (c *cache) record(creds *Credentials) (prev *Credentials) {
 	c.cur, c.fetchedAt = creds, time.Now()
 	c.gen++
 	c.rotateGrace = rotateGraceMin + rand.N(rotateGraceMin)
+	c.ahead = 0.6 + 0.1*rand.Float64() // a fleet does not mint its tokens at once
 	if c.pending != nil && (creds.VersionID == c.pending.VersionID || creds.CreatedAt.After(c.pending.CreatedAt)) {
 		// The stage caught up with the pending version, or moved past it:
 		// the pending version is no longer needed. (A stage still behind
@@ -131,6 +135,20 @@ func (e *entry) get(ctx context.Context, pol policy) (*Credentials, error) {
 		ok, refresh := e.leases.usable(cred, now)
 		if ok {
 			if refresh {
+				e.store.refresh(now, pol)
+			}
+			pol.stats.cacheHits.Add(1)
+			return cred, nil
+		}
+		cred = nil
+	}
+	if cred != nil && !cred.LoginUntil.IsZero() {
+		// A token is fresh until a margin before its end and never used
+		// past it (stale, it would only be rejected); secret_ttl and the
+		// store's health do not change that.
+		life := cred.LoginUntil.Sub(v.fetchedAt)
+		if now.Before(cred.LoginUntil.Add(-expiryMargin(pol.margin, life))) {
+			if now.Sub(v.fetchedAt) >= time.Duration(float64(life)*v.ahead) {
 				e.store.refresh(now, pol)
 			}
 			pol.stats.cacheHits.Add(1)

@@ -31,13 +31,21 @@ type Credentials struct {
 	// tells which of two versions is newer.
 	CreatedAt time.Time
 
-	// Expires is when the credentials stop working (a Vault lease's end,
-	// a token's end); zero for credentials that work until someone
-	// changes them. Expiring credentials are refreshed at about two thirds
-	// of their life, never handed to a new connection within the expiry
-	// margin of their end, and every connection made with them is closed
-	// before that margin (see lease.go).
+	// Expires is when a lease ends (a Vault lease: the database role is
+	// dropped then): no connection made with the credentials may outlive
+	// it. Zero for credentials that are not a lease. Leases are renewed
+	// while in use (Leaser), replaced ahead of time, never handed to a new
+	// connection within the expiry margin of their end, and every
+	// connection made with them is closed before that margin (lease.go).
 	Expires time.Time
+	// LoginUntil is when a token stops being accepted for new logins (a
+	// cloud IAM token): connections made with it live on, since PostgreSQL
+	// checks it only at login. Zero for credentials that are not a token.
+	// A token is fetched again in the background at 60–70% of its life and
+	// never handed to a new connection within the expiry margin of its
+	// end, even while the store is failing. A provider sets Expires or
+	// LoginUntil, not both.
+	LoginUntil time.Time
 	// LeaseID identifies the lease the credentials belong to, for a
 	// provider that implements Leaser; empty otherwise.
 	LeaseID string
