@@ -199,6 +199,9 @@ func ParseDSN(dsn string) (*Config, error) {
 			cfg.providerParams = append(cfg.providerParams, p)
 		}
 	}
+	if cfg.SecretID == "" && info.secretID != nil {
+		cfg.SecretID = info.secretID(cfg)
+	}
 	if cfg.SecretID == "" {
 		return nil, &DSNError{Key: keySecretID, Msg: "is required: name the secret that holds the database credentials (a name or a full ARN); valid secret keys are " + strings.Join(secretKeys, ", ")}
 	}

@@ -163,6 +163,10 @@ const DefaultProvider = "awssm"
 type providerInfo struct {
 	factory ProviderFactory
 	keys    []string
+	// secretID names what a DSN without secret_id reaches, for a provider
+	// that needs no secret (a token signed from the DSN); nil for the
+	// others.
+	secretID func(*Config) string
 }
 
 var providers = registry.New[providerInfo]("provider", keyProvider, map[string]string{
@@ -185,6 +189,12 @@ func RegisterProvider(name string, factory ProviderFactory, keys ...string) {
 		}
 	}
 	providers.Add(name, providerInfo{factory: factory, keys: slices.Clone(keys)})
+}
+
+// registerProvider registers a core provider that needs no secret_id:
+// secretID derives the name from the DSN.
+func registerProvider(name string, factory ProviderFactory, secretID func(*Config) string, keys ...string) {
+	providers.Add(name, providerInfo{factory: factory, secretID: secretID, keys: keys})
 }
 
 // providerNames returns the names of the registered providers, sorted.

@@ -36,6 +36,7 @@ type target struct {
 	progress   atomic.Pointer[progress]    // how the running recovery is going, for callers giving up
 	verified   atomic.Pointer[Credentials] // the last credentials that logged in
 	unverified chan struct{}               // slots for logins with credentials not yet verified
+	pace       *pacer                      // for a LoginPacer provider; nil otherwise
 }
 
 // client is one connector as a target sees it: its freshness policy (with
@@ -64,6 +65,9 @@ func (e *entry) target(key string, openFor time.Duration, log *slog.Logger) *tar
 		return t.(*target)
 	}
 	t := &target{e: e, openFor: openFor, unverified: make(chan struct{}, maxUnverifiedLogins)}
+	if lp, ok := e.store.provider.(LoginPacer); ok {
+		t.pace = newPacer(lp.LoginRate())
+	}
 	t.lastState.Store("")
 	t.lastReason.Store("")
 	secretID := e.store.secretID
@@ -290,16 +294,23 @@ func (t *target) credentials(ctx context.Context, cl client, a *attempt) (*Crede
 			return nil, t.openError()
 		}
 		creds, err := t.e.get(ctx, cl.policy)
-		if err == nil {
-			cl.warn(creds)
+		if err != nil {
+			return nil, err
 		}
-		return creds, err
+		cl.warn(creds)
+		if err := t.pace.wait(ctx, t.secretID()); err != nil {
+			return nil, err
+		}
+		return creds, nil
 	}
 	creds, err := t.e.get(ctx, cl.policy)
 	if err != nil {
 		return nil, err
 	}
 	cl.warn(creds)
+	if err := t.pace.wait(ctx, t.secretID()); err != nil {
+		return nil, err
+	}
 	release, known, err := t.loginSlot(ctx, creds, probe)
 	if known != nil {
 		a.got(known.creds, nil, true)

@@ -1,0 +1,160 @@
+package pgsecrets
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/feature/rds/auth"
+)
+
+// RDS and Aurora IAM database authentication (secret_provider=rds-iam):
+// the password is a token the application signs itself with its AWS
+// credentials, for one user, host and port, valid for 15 minutes. RDS Proxy
+// takes the same tokens. A token is not a lease: it must be valid only at
+// login (see Credentials.LoginUntil).
+
+// rdsTokenLife is how long RDS accepts a token after it was signed.
+const rdsTokenLife = 15 * time.Minute
+
+// DefaultRDSLoginRate is how many new IAM logins per second a process
+// makes to one database at most (secret_login_rate changes it): AWS
+// advises staying below about 200 per second per instance, and a fleet
+// shares that.
+const DefaultRDSLoginRate = 100
+
+const keyLoginRate = "secret_login_rate"
+
+func init() {
+	registerProvider("rds-iam", newRDSIAMProvider, rdsIAMSecretID, keyLoginRate)
+}
+
+// rdsIAMSecretID names what a DSN without secret_id reaches, for logs,
+// errors and the cache: rds-iam:user@host:port.
+func rdsIAMSecretID(cfg *Config) string {
+	srv := cfg.server(os.Getenv)
+	user, _ := cfg.param("user")
+	if user == "" {
+		user = os.Getenv("PGUSER")
+	}
+	port := srv.port
+	if port == "" {
+		port = "5432"
+	}
+	return fmt.Sprintf("rds-iam:%s@%s:%s", user, strings.Join(srv.hosts, ","), port)
+}
+
+type rdsIAMProvider struct {
+	creds    aws.CredentialsProvider
+	region   string
+	endpoint string // host:port, as the token names it
+	user     string
+	rate     float64 // logins per second; see LoginPacer
+}
+
+func newRDSIAMProvider(ctx context.Context, cfg *Config) (Provider, error) {
+	srv := cfg.server(os.Getenv)
+	user, _ := cfg.param("user")
+	if user == "" {
+		user = os.Getenv("PGUSER")
+	}
+	switch {
+	case user == "":
+		return nil, &DSNError{Key: "user", Msg: "secret_provider=rds-iam needs the database user in the DSN (user=…): the token is signed for it"}
+	case len(srv.hosts) != 1 || srv.hosts[0] == "":
+		return nil, &DSNError{Key: "host", Msg: "secret_provider=rds-iam needs exactly one host in the DSN: the token is signed for the host and port dialled"}
+	case filepath.IsAbs(srv.hosts[0]) || strings.HasPrefix(srv.hosts[0], "@"):
+		return nil, &DSNError{Key: "host", Msg: "secret_provider=rds-iam needs a TCP host, not a Unix socket: IAM tokens travel over TLS"}
+	case weakSSLMode(srv.sslmode):
+		return nil, &DSNError{Key: "sslmode", Msg: fmt.Sprintf("sslmode=%s may send the token without TLS, and RDS accepts IAM tokens only over TLS: use verify-full (with the RDS CA bundle as sslrootcert) or require", srv.sslmode)}
+	}
+	port := srv.port
+	if port == "" {
+		port = "5432"
+	}
+	rate := float64(DefaultRDSLoginRate)
+	if v, ok := cfg.ProviderParam(keyLoginRate); ok {
+		r, err := strconv.ParseFloat(v, 64)
+		if err != nil || r < 0 || math.IsInf(r, 0) || math.IsNaN(r) {
+			return nil, &DSNError{Key: keyLoginRate, Msg: "must be a number of logins per second (0: not paced)"}
+		}
+		rate = r
+	}
+	var opts []func(*config.LoadOptions) error
+	if cfg.Region != "" {
+		opts = append(opts, config.WithRegion(cfg.Region))
+	}
+	awsCfg, err := config.LoadDefaultConfig(ctx, opts...)
+	if err != nil {
+		return nil, &DSNError{Msg: "cannot load the AWS configuration (environment, shared config files)", Err: err}
+	}
+	if awsCfg.Region == "" {
+		return nil, &DSNError{Key: keyRegion, Msg: "no AWS region: set secret_region (the database's region) or AWS_REGION"}
+	}
+	return &rdsIAMProvider{creds: awsCfg.Credentials, region: awsCfg.Region, endpoint: srv.hosts[0] + ":" + port, user: user,
+		rate: rate}, nil
+}
+
+// Fetch signs a token. It is valid until the earlier of its 15 minutes and
+// the end of the AWS credentials that signed it: RDS checks the signature
+// against those credentials, so a token signed with credentials that
+// expire first dies with them.
+func (p *rdsIAMProvider) Fetch(ctx context.Context, _ string) (*Credentials, error) {
+	if p.creds == nil {
+		return nil, p.errorf(ErrAccessDenied, nil, "no AWS credentials found (environment, shared files, web identity, ECS, EC2)")
+	}
+	signing, err := p.creds.Retrieve(ctx)
+	if err != nil {
+		// Retried with backoff, like a store that does not answer; the
+		// token already cached keeps serving until its end.
+		return nil, p.errorf(ErrStoreUnavailable, err, "retrieving the AWS credentials that sign the token failed")
+	}
+	now := time.Now()
+	token, err := auth.BuildAuthToken(ctx, p.endpoint, p.region, p.user, staticCredentials{signing})
+	if err != nil {
+		return nil, p.errorf(ErrStoreUnavailable, err, "signing the token failed")
+	}
+	until := now.Add(rdsTokenLife)
+	if signing.CanExpire && signing.Expires.Before(until) {
+		until = signing.Expires
+	}
+	return &Credentials{Username: p.user, Password: NewSecret(token), VersionID: "token-" + now.UTC().Format("20060102T150405.000Z"),
+		LoginUntil: until}, nil
+}
+
+func (p *rdsIAMProvider) errorf(kind error, err error, detail string) error {
+	return &SecretError{Kind: kind, SecretID: "rds-iam:" + p.user + "@" + p.endpoint, Err: err, Detail: detail,
+		Hint: "the process's AWS identity needs rds-db:connect on arn:aws:rds-db:" + p.region + ":ACCOUNT:dbuser:RESOURCE_ID/" + p.user}
+}
+
+// LoginRate implements LoginPacer.
+func (p *rdsIAMProvider) LoginRate() float64 { return p.rate }
+
+// CacheKey implements CacheKeyer: connectors of the process on the same
+// region, endpoint and user share one token.
+func (p *rdsIAMProvider) CacheKey() string { return p.region + "|" + p.endpoint + "|" + p.user }
+
+// Describe implements Describer.
+func (p *rdsIAMProvider) Describe(ctx context.Context) ([]Fact, error) {
+	facts := []Fact{{"token for", p.user + "@" + p.endpoint}, {"region", p.region}}
+	if c, err := p.creds.Retrieve(ctx); err == nil {
+		facts = append(facts, Fact{"signed by", c.Source})
+		if c.CanExpire {
+			facts = append(facts, Fact{"signing credentials end", c.Expires.UTC().Format(time.RFC3339)})
+		}
+	}
+	return facts, nil
+}
+
+// staticCredentials hands the SDK's signer the credentials Fetch
+// retrieved, so that the token's validity is known.
+type staticCredentials struct{ c aws.Credentials }
+
+func (s staticCredentials) Retrieve(context.Context) (aws.Credentials, error) { return s.c, nil }
