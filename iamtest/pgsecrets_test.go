@@ -1,0 +1,111 @@
+package iamtest_test
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pgsecrets/pgsecrets"
+	"github.com/pgsecrets/pgsecrets/iamtest"
+	"github.com/pgsecrets/pgsecrets/internal/testkit"
+	_ "github.com/pgsecrets/pgsecrets/pgxsecrets" // secret_driver=pgx
+)
+
+// awsEnv gives the SDK's default chain the front end's static key, and
+// nothing else (no shared files, no instance metadata).
+func awsEnv(t *testing.T) {
+	t.Setenv("AWS_ACCESS_KEY_ID", akid)
+	t.Setenv("AWS_SECRET_ACCESS_KEY", secret)
+	for _, k := range []string{"AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION", "PGSSLMODE", "PGHOST", "PGPORT"} {
+		t.Setenv(k, "")
+		os.Unsetenv(k)
+	}
+	t.Setenv("AWS_CONFIG_FILE", "/nonexistent")
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+}
+
+// rdsIAMDB opens a *sql.DB with secret_provider=rds-iam on the front end,
+// every query on a new connection (a login per query).
+func (r *rig) rdsIAMDB(t *testing.T, user, driver string, logs *testkit.SyncBuffer) (*sql.DB, *pgsecrets.Connector) {
+	t.Helper()
+	dsn := fmt.Sprintf("host=127.0.0.1 port=%d user=%s dbname=postgres sslmode=verify-full sslrootcert=%s "+
+		"secret_provider=rds-iam secret_region=%s secret_driver=%s", r.srv.Port(), user, r.srv.CAFile(), r.srv.Region(), driver)
+	c, err := pgsecrets.NewConnector(dsn, pgsecrets.WithLogger(slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := sql.OpenDB(c)
+	db.SetMaxIdleConns(0)
+	t.Cleanup(func() { db.Close() })
+	return db, c
+}
+
+// pgsecrets' rds-iam provider through the front end, on both engines:
+// tokens from the SDK's default chain log in; a refused token recovers
+// inside the call; tokens the server refuses early (signed with
+// credentials that expire first) cost no failed query under load; a role
+// that never logged in fails fast, naming the provider, user and the
+// server's message; no token reaches the logs.
+func TestPgsecretsRDSIAM(t *testing.T) {
+	for _, driver := range []string{"pq", "pgx"} {
+		t.Run(driver, func(t *testing.T) {
+			awsEnv(t)
+			r := newRig(t, nil)
+			logs := &testkit.SyncBuffer{}
+			db, c := r.rdsIAMDB(t, r.user, driver, logs)
+			ctx := context.Background()
+			var user string
+			if err := db.QueryRowContext(ctx, "SELECT current_user").Scan(&user); err != nil || user != r.user {
+				t.Fatalf("current_user = %q, %v", user, err)
+			}
+
+			r.srv.RejectNext(1)
+			if err := db.PingContext(ctx); err != nil {
+				t.Fatalf("a refused token was not recovered inside the call: %v", err)
+			}
+			if st := c.Stats(); st.AuthFailures != 1 || st.AuthRecovered != 1 {
+				t.Errorf("after one refused token: %d failures, %d recovered", st.AuthFailures, st.AuthRecovered)
+			}
+
+			// Tokens refused once a second old: every token dies early.
+			r.srv.MaxTokenAge(time.Second)
+			l := testkit.Start(t, 8, func(ctx context.Context) error {
+				var one int
+				return db.QueryRowContext(ctx, "SELECT 1").Scan(&one)
+			})
+			testkit.Eventually(t, "three tokens refused for their age", func() bool {
+				n := 0
+				for _, in := range r.srv.Logins() {
+					if in.Reason == iamtest.ReasonTooOld {
+						n++
+					}
+				}
+				return n >= 3
+			})
+			l.WaitQueries(t, l.OK()+50)
+			l.Halt()
+			l.AssertNoFailures(t)
+			r.srv.MaxTokenAge(0)
+
+			// A role that never logged in (another server, another role):
+			// one round, then the error, at once.
+			r2 := newRig(t, nil)
+			r2.srv.RejectNext(1000)
+			other, _ := r2.rdsIAMDB(t, r2.user, driver, logs)
+			err := other.PingContext(ctx)
+			if !errors.Is(err, pgsecrets.ErrAuthFailed) || !strings.Contains(err.Error(), "rds-iam:"+r2.user+"@127.0.0.1") ||
+				!strings.Contains(err.Error(), "PAM authentication failed") {
+				t.Errorf("a token the server refuses from the start: %v", err)
+			}
+			if strings.Contains(logs.String(), "X-Amz-Signature") || strings.Contains(logs.String(), secret) {
+				t.Error("a log line carries a token or the secret key")
+			}
+		})
+	}
+}
