@@ -134,6 +134,14 @@ func (p *rdsIAMProvider) errorf(kind error, err error, detail string) error {
 		Hint: "the process's AWS identity needs rds-db:connect on arn:aws:rds-db:" + p.region + ":ACCOUNT:dbuser:RESOURCE_ID/" + p.user}
 }
 
+// authHint: RDS answers every refused token with 28000 ("PAM
+// authentication failed"), whatever the cause.
+func (p *rdsIAMProvider) authHint(string) string {
+	return "RDS refused the IAM token: check that IAM database authentication is enabled on the instance or cluster, that user " +
+		p.user + " exists and is granted rds_iam, that the process's AWS identity may rds-db:connect as it (arn:aws:rds-db:" + p.region +
+		":ACCOUNT:dbuser:RESOURCE_ID/" + p.user + "), and that secret_region is the database's region"
+}
+
 // LoginRate implements LoginPacer.
 func (p *rdsIAMProvider) LoginRate() float64 { return p.rate }
 

@@ -310,5 +310,5 @@ func (s *search) giveUp(oneRound bool) error {
 		}
 	}
 	return &SecretError{Kind: ErrAuthFailed, SecretID: t.secretID(), Stage: failed.Stage, VersionID: failed.VersionID,
-		SQLState: s.state, Err: cause, Detail: detail, Hint: authHint(s.state)}
+		SQLState: s.state, Err: cause, Detail: detail, Hint: t.authHint(s.state)}
 }

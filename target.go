@@ -385,7 +385,19 @@ func (t *target) openError() error {
 	}
 	detail += "; the next attempt is in " + next.Round(time.Millisecond).String()
 	return &SecretError{Kind: ErrCircuitOpen, SecretID: t.secretID(), SQLState: state, Detail: detail,
-		Hint: authHint(state) + "; pgsecrets retries by itself once the breaker's interval has passed"}
+		Hint: t.authHint(state) + "; pgsecrets retries by itself once the breaker's interval has passed"}
+}
+
+// authHinter is a core provider that knows better what to check after a
+// rejected login (a token's permissions rather than a password).
+type authHinter interface{ authHint(sqlstate string) string }
+
+// authHint says what to check after a rejected login with sqlstate.
+func (t *target) authHint(sqlstate string) string {
+	if h, ok := t.e.store.provider.(authHinter); ok {
+		return h.authHint(sqlstate)
+	}
+	return authHint(sqlstate)
 }
 
 // authHint says what to check after a rejected login with sqlstate.

@@ -100,7 +100,7 @@ func TestPgsecretsRDSIAM(t *testing.T) {
 			other, _ := r2.rdsIAMDB(t, r2.user, driver, logs)
 			err := other.PingContext(ctx)
 			if !errors.Is(err, pgsecrets.ErrAuthFailed) || !strings.Contains(err.Error(), "rds-iam:"+r2.user+"@127.0.0.1") ||
-				!strings.Contains(err.Error(), "PAM authentication failed") {
+				!strings.Contains(err.Error(), "PAM authentication failed") || !strings.Contains(err.Error(), "granted rds_iam") {
 				t.Errorf("a token the server refuses from the start: %v", err)
 			}
 			if strings.Contains(logs.String(), "X-Amz-Signature") || strings.Contains(logs.String(), secret) {
