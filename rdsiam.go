@@ -39,16 +39,23 @@ func init() {
 // rdsIAMSecretID names what a DSN without secret_id reaches, for logs,
 // errors and the cache: rds-iam:user@host:port.
 func rdsIAMSecretID(cfg *Config) string {
+	user, hosts, port := rdsTarget(cfg)
+	return fmt.Sprintf("rds-iam:%s@%s:%s", user, strings.Join(hosts, ","), port)
+}
+
+// rdsTarget is the user, hosts and port a token is signed for: the DSN's
+// (or PGUSER, PGHOST, PGPORT), port 5432 by default.
+func rdsTarget(cfg *Config) (user string, hosts []string, port string) {
 	srv := cfg.server(os.Getenv)
-	user, _ := cfg.param("user")
+	user, _ = cfg.param("user")
 	if user == "" {
 		user = os.Getenv("PGUSER")
 	}
-	port := srv.port
+	port = srv.port
 	if port == "" {
 		port = "5432"
 	}
-	return fmt.Sprintf("rds-iam:%s@%s:%s", user, strings.Join(srv.hosts, ","), port)
+	return user, srv.hosts, port
 }
 
 type rdsIAMProvider struct {
@@ -61,23 +68,16 @@ type rdsIAMProvider struct {
 
 func newRDSIAMProvider(ctx context.Context, cfg *Config) (Provider, error) {
 	srv := cfg.server(os.Getenv)
-	user, _ := cfg.param("user")
-	if user == "" {
-		user = os.Getenv("PGUSER")
-	}
+	user, hosts, port := rdsTarget(cfg)
 	switch {
 	case user == "":
 		return nil, &DSNError{Key: "user", Msg: "secret_provider=rds-iam needs the database user in the DSN (user=…): the token is signed for it"}
-	case len(srv.hosts) != 1 || srv.hosts[0] == "":
+	case len(hosts) != 1 || hosts[0] == "":
 		return nil, &DSNError{Key: "host", Msg: "secret_provider=rds-iam needs exactly one host in the DSN: the token is signed for the host and port dialled"}
-	case filepath.IsAbs(srv.hosts[0]) || strings.HasPrefix(srv.hosts[0], "@"):
+	case filepath.IsAbs(hosts[0]) || strings.HasPrefix(hosts[0], "@"):
 		return nil, &DSNError{Key: "host", Msg: "secret_provider=rds-iam needs a TCP host, not a Unix socket: IAM tokens travel over TLS"}
 	case weakSSLMode(srv.sslmode):
 		return nil, &DSNError{Key: "sslmode", Msg: fmt.Sprintf("sslmode=%s may send the token without TLS, and RDS accepts IAM tokens only over TLS: use verify-full (with the RDS CA bundle as sslrootcert) or require", srv.sslmode)}
-	}
-	port := srv.port
-	if port == "" {
-		port = "5432"
 	}
 	rate := float64(DefaultRDSLoginRate)
 	if v, ok := cfg.ProviderParam(keyLoginRate); ok {
@@ -98,7 +98,7 @@ func newRDSIAMProvider(ctx context.Context, cfg *Config) (Provider, error) {
 	if awsCfg.Region == "" {
 		return nil, &DSNError{Key: keyRegion, Msg: "no AWS region: set secret_region (the database's region) or AWS_REGION"}
 	}
-	return &rdsIAMProvider{creds: awsCfg.Credentials, region: awsCfg.Region, endpoint: srv.hosts[0] + ":" + port, user: user,
+	return &rdsIAMProvider{creds: awsCfg.Credentials, region: awsCfg.Region, endpoint: hosts[0] + ":" + port, user: user,
 		rate: rate}, nil
 }
 

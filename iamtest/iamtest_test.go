@@ -79,7 +79,7 @@ func (c *clock) advance(d time.Duration) { c.ns.Add(int64(d)) }
 
 // rig is a PostgreSQL role behind an iamtest server.
 type rig struct {
-	t      *testing.T
+	t      testing.TB
 	pg     *testdb.Cluster
 	srv    *iamtest.Server
 	user   string
@@ -92,7 +92,7 @@ var roleSeq atomic.Int64
 
 // newRig creates a role with a password and an iamtest server in front of
 // the shared cluster. edit may change the options before the server starts.
-func newRig(t *testing.T, edit func(*iamtest.Options)) *rig {
+func newRig(t testing.TB, edit func(*iamtest.Options)) *rig {
 	t.Helper()
 	pg := testdb.Shared(t)
 	r := &rig{t: t, pg: pg, logs: &syncBuffer{}}

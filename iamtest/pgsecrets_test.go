@@ -19,7 +19,7 @@ import (
 
 // awsEnv gives the SDK's default chain the front end's static key, and
 // nothing else (no shared files, no instance metadata).
-func awsEnv(t *testing.T) {
+func awsEnv(t testing.TB) {
 	t.Setenv("AWS_ACCESS_KEY_ID", akid)
 	t.Setenv("AWS_SECRET_ACCESS_KEY", secret)
 	for _, k := range []string{"AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION", "PGSSLMODE", "PGHOST", "PGPORT"} {
@@ -32,7 +32,7 @@ func awsEnv(t *testing.T) {
 
 // rdsIAMDB opens a *sql.DB with secret_provider=rds-iam on the front end,
 // every query on a new connection (a login per query).
-func (r *rig) rdsIAMDB(t *testing.T, user, driver string, logs *testkit.SyncBuffer) (*sql.DB, *pgsecrets.Connector) {
+func (r *rig) rdsIAMDB(t testing.TB, user, driver string, logs *testkit.SyncBuffer) (*sql.DB, *pgsecrets.Connector) {
 	t.Helper()
 	dsn := fmt.Sprintf("host=127.0.0.1 port=%d user=%s dbname=postgres sslmode=verify-full sslrootcert=%s "+
 		"secret_provider=rds-iam secret_region=%s secret_driver=%s", r.srv.Port(), user, r.srv.CAFile(), r.srv.Region(), driver)
