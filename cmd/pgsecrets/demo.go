@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/pgsecrets/pgsecrets"
+	"github.com/pgsecrets/pgsecrets/iamtest"
 	"github.com/pgsecrets/pgsecrets/internal/testdb"
 	"github.com/pgsecrets/pgsecrets/smtest"
 	"github.com/pgsecrets/pgsecrets/vault/vaulttest"
@@ -78,8 +79,15 @@ outage every 3 × --rotate-every. It shows leases issued, renewed, retired
 and revoked as they happen, and checks that db.Close left no lease and no
 role behind.
 
+With --provider rds-iam there is no password at all: pgsecrets signs RDS IAM
+tokens with a dummy AWS key, and an in-process front end (iamtest) checks
+each token's SigV4 signature, user, host:port and age as RDS does before
+relaying the session to PostgreSQL. Every --rotate-every it either refuses
+the next logins or, for a while, tokens older than 200ms (credentials that
+expired early); the driver signs a new token and retries inside the call.
+
 Flags:
-  --provider P        awssm (default) or vault
+  --provider P        awssm (default), vault or rds-iam
   --duration DUR      how long the load runs (default 20s)
   --rotate-every DUR  time between rotations and outages (default 3s)
   --workers N         concurrent query loops (default 8)
@@ -119,8 +127,8 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return usageError(stderr, "demo", "--rotate-every must be at least 100ms")
 	case o.workers < 1 || o.workers > 200:
 		return usageError(stderr, "demo", "--workers must be between 1 and 200")
-	case o.provider != "awssm" && o.provider != "vault":
-		return usageError(stderr, "demo", "--provider must be awssm or vault")
+	case o.provider != "awssm" && o.provider != "vault" && o.provider != "rds-iam":
+		return usageError(stderr, "demo", "--provider must be awssm, vault or rds-iam")
 	}
 	d := &demo{opt: o, stdout: stdout, stderr: stderr, term: isTerminal(stdout), errSeen: map[string]bool{}}
 	code = d.run(ctx)
@@ -151,9 +159,10 @@ type demo struct {
 	outMu        sync.Mutex // serialises writes to stdout and stderr
 	lastProgress string
 
-	pg *testdb.Cluster
-	sm *smtest.Server
-	vs *vaulttest.Server // --provider vault
+	pg  *testdb.Cluster
+	sm  *smtest.Server
+	vs  *vaulttest.Server // --provider vault
+	iam *iamtest.Server   // --provider rds-iam
 	// restoreToken undoes VAULT_TOKEN; vaultToken is kept for tests' leak
 	// checks.
 	restoreToken func()
@@ -187,7 +196,11 @@ func (d *demo) run(ctx context.Context) int {
 			return exitFail
 		}
 		defer restoreEnv()
-		fmt.Fprintf(d.stdout, "pgsecrets demo: %d workers for %s, a rotation every %s\n", d.opt.workers, d.opt.duration, d.opt.rotateEvery)
+		if d.opt.provider == "rds-iam" {
+			fmt.Fprintf(d.stdout, "pgsecrets demo --provider rds-iam: %d workers for %s, a token refusal every %s\n", d.opt.workers, d.opt.duration, d.opt.rotateEvery)
+		} else {
+			fmt.Fprintf(d.stdout, "pgsecrets demo: %d workers for %s, a rotation every %s\n", d.opt.workers, d.opt.duration, d.opt.rotateEvery)
+		}
 	} else {
 		fmt.Fprintf(d.stdout, "pgsecrets demo --provider vault: %d workers for %s, leases of %s\n", d.opt.workers, d.opt.duration, d.vaultTTL())
 	}
@@ -200,6 +213,9 @@ func (d *demo) run(ctx context.Context) int {
 	d.runLoad(ctx)
 	if vault {
 		return d.vaultSummary()
+	}
+	if d.iam != nil {
+		return d.iamSummary()
 	}
 	return d.awsSummary()
 }

@@ -56,7 +56,15 @@ func (d *demo) startEnv(ctx context.Context) (stop func(), code int) {
 		}
 	}
 	setup := d.setupAWS
-	if d.opt.provider == "vault" {
+	switch d.opt.provider {
+	case "rds-iam":
+		setup = d.setupIAM
+		undo = append(undo, func() {
+			if d.iam != nil {
+				d.iam.Close()
+			}
+		})
+	case "vault":
 		setup = d.setupVault
 		undo = append(undo, func() {
 			if d.vs != nil {
@@ -66,7 +74,7 @@ func (d *demo) startEnv(ctx context.Context) (stop func(), code int) {
 				d.restoreToken()
 			}
 		})
-	} else {
+	default:
 		d.sm = smtest.NewServer()
 		undo = append(undo, d.sm.Close)
 	}
@@ -179,16 +187,7 @@ func (d *demo) setupAWS(ctx context.Context) error {
 	d.db.SetConnMaxLifetime(connLifetime)
 	d.db.SetMaxIdleConns(max(1, d.opt.workers/2))
 
-	// The first statement through the driver creates the table, so the
-	// role owns it.
-	if _, err := d.db.ExecContext(ctx, `CREATE TABLE orders (
-		id         bigserial PRIMARY KEY,
-		worker     int NOT NULL,
-		amount     numeric(12,2) NOT NULL,
-		created_at timestamptz NOT NULL DEFAULT now())`); err != nil {
-		return fmt.Errorf("creating the table through pgsecrets: %w", err)
-	}
-	if _, err := d.db.ExecContext(ctx, `CREATE INDEX orders_worker ON orders (worker) INCLUDE (amount)`); err != nil {
+	if err := d.createOrders(ctx); err != nil {
 		return err
 	}
 	var version string
@@ -203,6 +202,20 @@ func (d *demo) setupAWS(ctx context.Context) error {
 	fmt.Fprintf(d.stdout, "  pool      connections live %s, at most %d idle: new logins all the time\n", connLifetime, max(1, d.opt.workers/2))
 	fmt.Fprintf(d.stdout, "  load      %d workers: 4 reads to 1 INSERT; secret_ttl=2s, so the outage outlasts the cache\n\n", d.opt.workers)
 	return nil
+}
+
+// createOrders creates the load's table with the first statement through
+// the driver, so that the role owns it.
+func (d *demo) createOrders(ctx context.Context) error {
+	if _, err := d.db.ExecContext(ctx, `CREATE TABLE orders (
+		id         bigserial PRIMARY KEY,
+		worker     int NOT NULL,
+		amount     numeric(12,2) NOT NULL,
+		created_at timestamptz NOT NULL DEFAULT now())`); err != nil {
+		return fmt.Errorf("creating the table through pgsecrets: %w", err)
+	}
+	_, err := d.db.ExecContext(ctx, `CREATE INDEX orders_worker ON orders (worker) INCLUDE (amount)`)
+	return err
 }
 
 // openPool builds the demo's connector for dsn (its log on stderr with

@@ -32,6 +32,10 @@ func (d *demo) runLoad(ctx context.Context) {
 			d.vaultEvents(ctx, stop)
 			return
 		}
+		if d.iam != nil {
+			d.iamEvents(ctx, stop)
+			return
+		}
 		d.runRotations(ctx, stop)
 	}()
 	progDone := make(chan struct{})

@@ -25,6 +25,9 @@ func (d *demo) progressLine() string {
 	if d.vs != nil {
 		return d.vaultProgressLine()
 	}
+	if d.iam != nil {
+		return d.iamProgressLine()
+	}
 	return fmt.Sprintf("%7s  queries %s  failed %d  rotations %d  outages %d  store calls %d  p50 %s  p99 %s",
 		seconds(time.Since(d.start)), thousands(d.ok.Load()+d.failed.Load()), d.failed.Load(),
 		d.rotations.Load(), d.outages.Load(), d.sm.Calls("GetSecretValue"),

@@ -13,10 +13,10 @@ import (
 
 // The demo with --provider vault: dynamic credentials from an in-process
 // Vault (vaulttest) that creates a real PostgreSQL role per lease, and a
-// pool with no SetConnMaxLifetime at all. The driver refreshes each lease at
-// about two thirds of its TTL, renews leases while their connections are
-// open, retires connections before their lease ends, and revokes leases
-// nobody uses any more; every --rotate-every × 3 Vault fails every request
+// pool with no SetConnMaxLifetime at all. The driver renews the current
+// lease and those with open connections, takes a new one only when Vault no
+// longer extends the old (its max TTL), retires connections before their
+// lease ends, and revokes leases nobody uses any more; every --rotate-every × 3 Vault fails every request
 // for a moment.
 
 const (

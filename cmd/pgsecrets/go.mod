@@ -9,7 +9,8 @@ require (
 	github.com/aws/smithy-go v1.28.9
 	github.com/lib/pq v1.12.3
 	github.com/pgsecrets/pgsecrets v0.0.0
-	github.com/pgsecrets/pgsecrets/pgxsecrets v0.0.0-00010101000000-000000000000
+	github.com/pgsecrets/pgsecrets/iamtest v0.0.0
+	github.com/pgsecrets/pgsecrets/pgxsecrets v0.0.0
 	github.com/pgsecrets/pgsecrets/vault v0.0.0-00010101000000-000000000000
 )
 
@@ -55,6 +56,7 @@ require (
 
 replace (
 	github.com/pgsecrets/pgsecrets => ../..
+	github.com/pgsecrets/pgsecrets/iamtest => ../../iamtest
 	github.com/pgsecrets/pgsecrets/pgxsecrets => ../../pgxsecrets
 	github.com/pgsecrets/pgsecrets/vault => ../../vault
 )
