@@ -207,6 +207,10 @@ func (c *Connector) Describe(ctx context.Context) ([]Fact, error) {
 			Fact{"expires", fmt.Sprintf("%s (in %s)", end.UTC().Format(time.RFC3339), time.Until(end).Round(time.Second))},
 			Fact{"renewable", fmt.Sprint(cr.Renewable)})
 	}
+	if !cr.LoginUntil.IsZero() {
+		facts = append(facts, Fact{"token valid until", fmt.Sprintf("%s (in %s; new logins only, its connections live on)",
+			cr.LoginUntil.UTC().Format(time.RFC3339), time.Until(cr.LoginUntil).Round(time.Second))})
+	}
 	if !cr.RotatesAt.IsZero() {
 		facts = append(facts, Fact{"rotates", fmt.Sprintf("%s (in %s; fetched again just after)",
 			cr.RotatesAt.UTC().Format(time.RFC3339), time.Until(cr.RotatesAt).Round(time.Second))})

@@ -288,20 +288,9 @@ func (t *target) credentials(ctx context.Context, cl client, a *attempt) (*Crede
 			a = nil
 		}
 	}
-	if a == nil {
-		if t.cb.State() == gobreaker.StateOpen {
-			cl.stats.breakerRejects.Add(1)
-			return nil, t.openError()
-		}
-		creds, err := t.e.get(ctx, cl.policy)
-		if err != nil {
-			return nil, err
-		}
-		cl.warn(creds)
-		if err := t.pace.wait(ctx, t.secretID()); err != nil {
-			return nil, err
-		}
-		return creds, nil
+	if a == nil && t.cb.State() == gobreaker.StateOpen {
+		cl.stats.breakerRejects.Add(1)
+		return nil, t.openError()
 	}
 	creds, err := t.e.get(ctx, cl.policy)
 	if err != nil {
@@ -310,6 +299,9 @@ func (t *target) credentials(ctx context.Context, cl client, a *attempt) (*Crede
 	cl.warn(creds)
 	if err := t.pace.wait(ctx, t.secretID()); err != nil {
 		return nil, err
+	}
+	if a == nil {
+		return creds, nil
 	}
 	release, known, err := t.loginSlot(ctx, creds, probe)
 	if known != nil {
