@@ -192,7 +192,7 @@ func (e *entry) get(ctx context.Context, pol policy) (*Credentials, error) {
 		switch {
 		case h.failures > 0 && (h.probing || now.Before(h.nextCall)):
 			return nil, e.store.failingError(h, now)
-		case h.failures == 0 && (h.probing || now.Sub(h.lastCall) < minCallInterval):
+		case h.failures == 0 && (h.probing || now.Sub(h.lastCall) < h.interval):
 			return nil, h.lastErr // not found, denied, malformed: asked moments ago
 		}
 	}

@@ -142,6 +142,10 @@ func (p *rdsIAMProvider) authHint(string) string {
 		":ACCOUNT:dbuser:RESOURCE_ID/" + p.user + "), and that secret_region is the database's region"
 }
 
+// callInterval: signing a token makes no request (the SDK caches the
+// credentials), so a rejected token is replaced at once.
+func (p *rdsIAMProvider) callInterval() time.Duration { return 50 * time.Millisecond }
+
 // LoginRate implements LoginPacer.
 func (p *rdsIAMProvider) LoginRate() float64 { return p.rate }
 

@@ -247,7 +247,7 @@ func (s *search) round() (found *Credentials, done bool, err error) {
 			return cached, true, err
 		}
 	}
-	if justRead := time.Since(e.store.health().lastCall) < minCallInterval; !justRead {
+	if h := e.store.health(); time.Since(h.lastCall) >= h.interval {
 		cur, err := e.store.fetch(s.ctx, e.store.stage, s.cl.policy, anyGen)
 		if errors.Is(err, ErrStoreUnavailable) {
 			s.storeErr = err

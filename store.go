@@ -55,6 +55,9 @@ type store struct {
 	life *lifetime
 	sink sink
 	sf   singleflight.Group
+	// interval spaces two calls of one stage: minCallInterval, or less
+	// for a provider that mints credentials itself (see callSpacer).
+	interval time.Duration
 
 	mu         sync.Mutex           // never held across I/O or while calling another part
 	lastCall   map[string]time.Time // per stage
@@ -84,8 +87,17 @@ func newStore(secretID, stage string, p Provider, life *lifetime, sink sink) *st
 	if st, ok := p.(Staged); ok && st.PendingStage() != stage {
 		s.pendingStage = st.PendingStage()
 	}
+	s.interval = minCallInterval
+	if sp, ok := p.(callSpacer); ok {
+		s.interval = min(max(sp.callInterval(), 10*time.Millisecond), minCallInterval)
+	}
 	return s
 }
+
+// callSpacer is a core provider whose calls cost no store request (a token
+// signed in the process), so that they need not be spaced as far apart:
+// after a rejected token, recovery signs the next one at once.
+type callSpacer interface{ callInterval() time.Duration }
 
 // health is what a caller deciding whether to wait for the store needs to
 // know about it.
@@ -93,7 +105,8 @@ type health struct {
 	failures int       // consecutive failed calls
 	nextCall time.Time // not before, after failures
 	lastCall time.Time // of the configured stage
-	probing  bool      // a call of the configured stage is out
+	interval time.Duration
+	probing  bool // a call of the configured stage is out
 	lastErr  error
 	hedge    time.Duration // how long a healthy store takes, at most
 }
@@ -102,7 +115,7 @@ func (s *store) health() health {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	_, probing := s.calling[s.stage]
-	return health{failures: s.failures, nextCall: s.nextCall, lastCall: s.lastCall[s.stage], probing: probing,
+	return health{failures: s.failures, nextCall: s.nextCall, lastCall: s.lastCall[s.stage], interval: s.interval, probing: probing,
 		lastErr: s.lastErr, hedge: s.hedgeDelayLocked()}
 }
 
@@ -232,7 +245,7 @@ func (s *store) call(stage string, pol policy, cached func() *Credentials) (*Cre
 		}
 	}
 	s.mu.Lock()
-	wait := time.Until(later(s.nextCall, s.lastCall[stage].Add(minCallInterval)))
+	wait := time.Until(later(s.nextCall, s.lastCall[stage].Add(s.interval)))
 	s.mu.Unlock()
 	if wait > 0 {
 		t := time.NewTimer(wait)
