@@ -54,6 +54,22 @@ func newAWSProvider(ctx context.Context, cfg *Config) (Provider, error) {
 // built around a caller's client has none (that client is its identity).
 func (p *awsProvider) CacheKey() string { return p.cacheKey }
 
+// loadAWSConfig loads the SDK's default configuration with cfg's region,
+// and says how to set one (howRegion) when none is found.
+func loadAWSConfig(ctx context.Context, cfg *Config, howRegion string, opts ...func(*config.LoadOptions) error) (aws.Config, error) {
+	if cfg.Region != "" {
+		opts = append(opts, config.WithRegion(cfg.Region))
+	}
+	awsCfg, err := config.LoadDefaultConfig(ctx, opts...)
+	if err != nil {
+		return aws.Config{}, &DSNError{Msg: "cannot load the AWS configuration (environment, shared config files)", Err: err}
+	}
+	if awsCfg.Region == "" {
+		return aws.Config{}, &DSNError{Key: keyRegion, Msg: "no AWS region: " + howRegion}
+	}
+	return awsCfg, nil
+}
+
 // NewSecretsManagerClient builds the Secrets Manager client a connector
 // uses for cfg: the SDK's default configuration chain (environment, shared
 // files, web identity, ECS, EC2), cfg.Region and cfg.Endpoint applied.
@@ -67,16 +83,10 @@ func NewSecretsManagerClient(ctx context.Context, cfg *Config) (*secretsmanager.
 	httpClient := awshttp.NewBuildableClient().WithTransportOptions(func(tr *http.Transport) {
 		tr.DisableKeepAlives = true
 	})
-	opts := []func(*config.LoadOptions) error{config.WithHTTPClient(httpClient)}
-	if cfg.Region != "" {
-		opts = append(opts, config.WithRegion(cfg.Region))
-	}
-	awsCfg, err := config.LoadDefaultConfig(ctx, opts...)
+	awsCfg, err := loadAWSConfig(ctx, cfg, "set secret_region, use the secret's full ARN as secret_id, or set AWS_REGION",
+		config.WithHTTPClient(httpClient))
 	if err != nil {
-		return nil, &DSNError{Msg: "cannot load the AWS configuration (environment, shared config files)", Err: err}
-	}
-	if awsCfg.Region == "" {
-		return nil, &DSNError{Key: keyRegion, Msg: "no AWS region: set secret_region, use the secret's full ARN as secret_id, or set AWS_REGION"}
+		return nil, err
 	}
 	return secretsmanager.NewFromConfig(awsCfg, func(o *secretsmanager.Options) {
 		if cfg.Endpoint != "" {

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/feature/rds/auth"
 )
 
@@ -87,16 +86,9 @@ func newRDSIAMProvider(ctx context.Context, cfg *Config) (Provider, error) {
 		}
 		rate = r
 	}
-	var opts []func(*config.LoadOptions) error
-	if cfg.Region != "" {
-		opts = append(opts, config.WithRegion(cfg.Region))
-	}
-	awsCfg, err := config.LoadDefaultConfig(ctx, opts...)
+	awsCfg, err := loadAWSConfig(ctx, cfg, "set secret_region (the database's region) or AWS_REGION")
 	if err != nil {
-		return nil, &DSNError{Msg: "cannot load the AWS configuration (environment, shared config files)", Err: err}
-	}
-	if awsCfg.Region == "" {
-		return nil, &DSNError{Key: keyRegion, Msg: "no AWS region: set secret_region (the database's region) or AWS_REGION"}
+		return nil, err
 	}
 	return &rdsIAMProvider{creds: awsCfg.Credentials, region: awsCfg.Region, endpoint: hosts[0] + ":" + port, user: user,
 		rate: rate}, nil

@@ -140,15 +140,9 @@ func (d *demo) iamSummary() int {
 	row("driver stats", "auth failures %d, recovered %d, breaker opens %d", st.AuthFailures, st.AuthRecovered, st.BreakerOpens)
 	row("latency", "p50 %s  p99 %s  max %s", ms(d.hist.quantile(0.50)), ms(d.hist.quantile(0.99)), ms(d.hist.maximum()))
 	fmt.Fprintln(w)
-	d.errMu.Lock()
-	firstErrs := append([]string(nil), d.firstErrs...)
-	d.errMu.Unlock()
 	switch {
 	case failed > 0:
-		fmt.Fprintf(w, "FAIL: %s of %s queries failed. First errors:\n", thousands(failed), thousands(ok+failed))
-		for _, e := range firstErrs {
-			fmt.Fprintf(w, "  - %s\n", e)
-		}
+		d.failedQueries(ok, failed, "")
 		return exitFail
 	case d.interrupted:
 		fmt.Fprintf(w, "interrupted: %s queries, none failed\n", thousands(ok))

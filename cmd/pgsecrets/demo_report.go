@@ -101,15 +101,12 @@ func (d *demo) awsSummary() int {
 	fmt.Fprintln(w)
 
 	d.errMu.Lock()
-	eventErr, firstErrs := d.eventErr, append([]string(nil), d.firstErrs...)
+	eventErr := d.eventErr
 	d.errMu.Unlock()
 	through := fmt.Sprintf("%s and %s", plural(rot, "rotation"), plural(outs, "store outage"))
 	switch {
 	case failed > 0:
-		fmt.Fprintf(w, "FAIL: %s of %s queries failed through %s. First errors:\n", thousands(failed), thousands(ok+failed), through)
-		for _, e := range firstErrs {
-			fmt.Fprintf(w, "  - %s\n", e)
-		}
+		d.failedQueries(ok, failed, " through "+through)
 		return exitFail
 	case eventErr != nil:
 		fmt.Fprintf(w, "FAIL: the demo could not rotate: %v\n", eventErr)
@@ -127,6 +124,18 @@ func (d *demo) awsSummary() int {
 
 // summaryHead starts the summary table: its title, the run's duration and
 // the queries.
+// failedQueries prints the FAIL verdict for failed queries, with the first
+// errors.
+func (d *demo) failedQueries(ok, failed int64, through string) {
+	d.errMu.Lock()
+	firstErrs := append([]string(nil), d.firstErrs...)
+	d.errMu.Unlock()
+	fmt.Fprintf(d.stdout, "FAIL: %s of %s queries failed%s. First errors:\n", thousands(failed), thousands(ok+failed), through)
+	for _, e := range firstErrs {
+		fmt.Fprintf(d.stdout, "  - %s\n", e)
+	}
+}
+
 func (d *demo) summaryHead(elapsed time.Duration, ok, failed int64) {
 	fmt.Fprintln(d.stdout, "\nSummary")
 	d.summaryRow("duration", "%s, %d workers", seconds(elapsed), d.opt.workers)

@@ -173,15 +173,9 @@ func (d *demo) vaultSummary() int {
 	row("after db.Close", "%d leases active, %d lease roles left in pg_roles", active, left)
 	row("latency", "p50 %s  p99 %s  max %s", ms(d.hist.quantile(0.50)), ms(d.hist.quantile(0.99)), ms(d.hist.maximum()))
 	fmt.Fprintln(w)
-	d.errMu.Lock()
-	firstErrs := append([]string(nil), d.firstErrs...)
-	d.errMu.Unlock()
 	switch {
 	case failed > 0:
-		fmt.Fprintf(w, "FAIL: %s of %s queries failed. First errors:\n", thousands(failed), thousands(ok+failed))
-		for _, e := range firstErrs {
-			fmt.Fprintf(w, "  - %s\n", e)
-		}
+		d.failedQueries(ok, failed, "")
 		return exitFail
 	case active > 0 || left > 0:
 		fmt.Fprintf(w, "FAIL: db.Close left %d leases active and %d roles behind\n", active, left)
