@@ -112,3 +112,42 @@ func TestPgsecretsRDSIAM(t *testing.T) {
 		})
 	}
 }
+
+// A reconnect storm against a server that throttles logins: with
+// secret_login_rate below the server's limit, no login is throttled and
+// no query fails, although every query needs a new connection.
+func TestPgsecretsRDSIAMPacedLogins(t *testing.T) {
+	awsEnv(t)
+	r := newRig(t, nil)
+	r.srv.Throttle(20)
+	dsn := fmt.Sprintf("host=127.0.0.1 port=%d user=%s dbname=postgres sslmode=verify-full sslrootcert=%s "+
+		"secret_provider=rds-iam secret_region=%s secret_login_rate=10", r.srv.Port(), r.user, r.srv.CAFile(), r.srv.Region())
+	c, err := pgsecrets.NewConnector(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := sql.OpenDB(c)
+	db.SetMaxIdleConns(0)
+	t.Cleanup(func() { db.Close() })
+	l := testkit.Start(t, 8, func(ctx context.Context) error {
+		var one int
+		return db.QueryRowContext(ctx, "SELECT 1").Scan(&one)
+	})
+	accepted := func() (n, throttled int) {
+		for _, in := range r.srv.Logins() {
+			switch {
+			case in.Accepted:
+				n++
+			case in.Reason == iamtest.ReasonThrottled:
+				throttled++
+			}
+		}
+		return n, throttled
+	}
+	testkit.Eventually(t, "30 logins", func() bool { n, _ := accepted(); return n >= 30 })
+	l.Halt()
+	l.AssertNoFailures(t)
+	if _, throttled := accepted(); throttled != 0 {
+		t.Errorf("%d logins throttled at 20/s although pgsecrets paces them to 10/s", throttled)
+	}
+}
