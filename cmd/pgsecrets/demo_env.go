@@ -181,12 +181,26 @@ func (d *demo) setupAWS(ctx context.Context) error {
 
 	dsn := fmt.Sprintf("host=%s port=%d dbname=%s sslmode=verify-full sslrootcert=%s secret_id=%s secret_endpoint=%s secret_ttl=2s",
 		d.pg.Host(), d.pg.Port(), demoDB, d.pg.CAFile(), demoSecret, d.sm.URL())
+	if err := d.openRolePool(ctx, dsn); err != nil {
+		return err
+	}
+	cfg := d.connector.Config()
+	fmt.Fprintf(d.stdout, "  secrets   %s in an in-process Secrets Manager at %s (RDS JSON format)\n", demoSecret, d.sm.URL())
+	fmt.Fprintf(d.stdout, "  dsn       %s\n", cfg.FormatDSN())
+	fmt.Fprintf(d.stdout, "  pool      connections live %s, at most %d idle: new logins all the time\n", connLifetime, max(1, d.opt.workers/2))
+	fmt.Fprintf(d.stdout, "  load      %d workers: 4 reads to 1 INSERT; secret_ttl=2s, so the outage outlasts the cache\n\n", d.opt.workers)
+	return nil
+}
+
+// openRolePool opens the pool of the demo role (awssm, rds-iam): short
+// connection lifetimes, so that logins happen all the time; creates the
+// table through it and says which server it runs on.
+func (d *demo) openRolePool(ctx context.Context, dsn string) error {
 	if err := d.openPool(dsn); err != nil {
 		return err
 	}
 	d.db.SetConnMaxLifetime(connLifetime)
 	d.db.SetMaxIdleConns(max(1, d.opt.workers/2))
-
 	if err := d.createOrders(ctx); err != nil {
 		return err
 	}
@@ -194,13 +208,8 @@ func (d *demo) setupAWS(ctx context.Context) error {
 	if err := d.pg.DB().QueryRowContext(ctx, "SHOW server_version").Scan(&version); err != nil {
 		return err
 	}
-	cfg := d.connector.Config()
 	fmt.Fprintf(d.stdout, "  postgres  PostgreSQL %s at %s (TLS, scram-sha-256); role %s owns database %s, table orders\n",
 		firstField(version), d.pg.Addr(), demoRole, demoDB)
-	fmt.Fprintf(d.stdout, "  secrets   %s in an in-process Secrets Manager at %s (RDS JSON format)\n", demoSecret, d.sm.URL())
-	fmt.Fprintf(d.stdout, "  dsn       %s\n", cfg.FormatDSN())
-	fmt.Fprintf(d.stdout, "  pool      connections live %s, at most %d idle: new logins all the time\n", connLifetime, max(1, d.opt.workers/2))
-	fmt.Fprintf(d.stdout, "  load      %d workers: 4 reads to 1 INSERT; secret_ttl=2s, so the outage outlasts the cache\n\n", d.opt.workers)
 	return nil
 }
 

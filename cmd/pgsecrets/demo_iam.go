@@ -51,20 +51,9 @@ func (d *demo) setupIAM(ctx context.Context) error {
 	d.iam = srv
 	dsn := fmt.Sprintf("host=127.0.0.1 port=%d user=%s dbname=%s sslmode=verify-full sslrootcert=%s secret_provider=rds-iam secret_region=%s",
 		srv.Port(), demoRole, demoDB, srv.CAFile(), smtest.DefaultRegion)
-	if err := d.openPool(dsn); err != nil {
+	if err := d.openRolePool(ctx, dsn); err != nil {
 		return err
 	}
-	d.db.SetConnMaxLifetime(connLifetime)
-	d.db.SetMaxIdleConns(max(1, d.opt.workers/2))
-	if err := d.createOrders(ctx); err != nil {
-		return err
-	}
-	var version string
-	if err := d.pg.DB().QueryRowContext(ctx, "SHOW server_version").Scan(&version); err != nil {
-		return err
-	}
-	fmt.Fprintf(d.stdout, "  postgres  PostgreSQL %s at %s (TLS, scram-sha-256); role %s owns database %s, table orders\n",
-		firstField(version), d.pg.Addr(), demoRole, demoDB)
 	fmt.Fprintf(d.stdout, "  rds       in-process RDS IAM front end at %s: checks each token's SigV4 signature, user, host:port and age\n", srv.Addr())
 	cfg := d.connector.Config()
 	fmt.Fprintf(d.stdout, "  dsn       %s\n", cfg.FormatDSN())
