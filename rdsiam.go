@@ -123,15 +123,21 @@ func (p *rdsIAMProvider) Fetch(ctx context.Context, _ string) (*Credentials, err
 
 func (p *rdsIAMProvider) errorf(kind error, err error, detail string) error {
 	return &SecretError{Kind: kind, SecretID: "rds-iam:" + p.user + "@" + p.endpoint, Err: err, Detail: detail,
-		Hint: "the process's AWS identity needs rds-db:connect on arn:aws:rds-db:" + p.region + ":ACCOUNT:dbuser:RESOURCE_ID/" + p.user}
+		Hint: "the process's AWS identity needs rds-db:connect on " + p.connectARN()}
 }
 
 // authHint: RDS answers every refused token with 28000 ("PAM
 // authentication failed"), whatever the cause.
 func (p *rdsIAMProvider) authHint(string) string {
 	return "RDS refused the IAM token: check that IAM database authentication is enabled on the instance or cluster, that user " +
-		p.user + " exists and is granted rds_iam, that the process's AWS identity may rds-db:connect as it (arn:aws:rds-db:" + p.region +
-		":ACCOUNT:dbuser:RESOURCE_ID/" + p.user + "), and that secret_region is the database's region"
+		p.user + " exists and is granted rds_iam, that the process's AWS identity may rds-db:connect as it (" + p.connectARN() +
+		"), and that secret_region is the database's region"
+}
+
+// connectARN is the resource rds-db:connect must allow, with the parts
+// only the account knows left as placeholders.
+func (p *rdsIAMProvider) connectARN() string {
+	return "arn:aws:rds-db:" + p.region + ":ACCOUNT:dbuser:RESOURCE_ID/" + p.user
 }
 
 // callInterval: signing a token makes no request (the SDK caches the
