@@ -5,30 +5,18 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+
+	"github.com/pgsecrets/pgsecrets/internal/testkit"
 )
 
-// isolateAWS keeps the SDK's default chain to the environment the test
-// sets: no shared files, no instance metadata.
+// isolateAWS keeps the SDK's default chain to a test key.
 func isolateAWS(t *testing.T) {
-	t.Setenv("AWS_CONFIG_FILE", "/nonexistent")
-	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
-	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
-	t.Setenv("AWS_PROFILE", "")
-	t.Setenv("AWS_ACCESS_KEY_ID", "AKIDRDSIAMTEST")
-	t.Setenv("AWS_SECRET_ACCESS_KEY", "rds-iam-secret-key-never-printed")
-	t.Setenv("AWS_SESSION_TOKEN", "")
-	t.Setenv("AWS_REGION", "")
-	t.Setenv("AWS_DEFAULT_REGION", "")
-	for _, k := range []string{"PGHOST", "PGPORT", "PGUSER", "PGSSLMODE"} {
-		t.Setenv(k, "") // restored after the test
-		os.Unsetenv(k)
-	}
+	testkit.AWSEnv(t, "AKIDRDSIAMTEST", "rds-iam-secret-key-never-printed")
 }
 
 // A DSN that names no secret: the token is signed for the DSN's user,

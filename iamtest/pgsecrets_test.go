@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -18,17 +17,8 @@ import (
 )
 
 // awsEnv gives the SDK's default chain the front end's static key, and
-// nothing else (no shared files, no instance metadata).
-func awsEnv(t testing.TB) {
-	t.Setenv("AWS_ACCESS_KEY_ID", akid)
-	t.Setenv("AWS_SECRET_ACCESS_KEY", secret)
-	for _, k := range []string{"AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION", "PGSSLMODE", "PGHOST", "PGPORT"} {
-		t.Setenv(k, "")
-		os.Unsetenv(k)
-	}
-	t.Setenv("AWS_CONFIG_FILE", "/nonexistent")
-	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
-}
+// nothing else.
+func awsEnv(t testing.TB) { testkit.AWSEnv(t, akid, secret) }
 
 // rdsIAMDB opens a *sql.DB with secret_provider=rds-iam on the front end,
 // every query on a new connection (a login per query).
