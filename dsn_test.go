@@ -4,12 +4,7 @@ import (
 	"github.com/pgsecrets/pgsecrets/internal/engine"
 
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -21,6 +16,7 @@ import (
 	"time"
 
 	"github.com/lib/pq"
+	"github.com/pgsecrets/pgsecrets/internal/testkit"
 )
 
 func TestParseDSNForms(t *testing.T) {
@@ -236,33 +232,12 @@ func TestPQDSNKeepsSSLKeys(t *testing.T) {
 	}
 }
 
-// testKeyPEM is a fresh private key in PEM, and the lines of its body.
-func testKeyPEM(t testing.TB) (string, []string) {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.MarshalPKCS8PrivateKey(k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	text := string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))
-	var body []string
-	for _, l := range strings.Split(text, "\n") {
-		if l != "" && !strings.HasPrefix(l, "-----") {
-			body = append(body, l)
-		}
-	}
-	return text, body
-}
-
 // An inline private key and sslpassword never print: not in String, any
 // fmt verb (of a *Config, a Config, or a struct holding them), slog or
 // JSON. FormatDSN and the DSN for the engine keep them, since connectors
 // are built from those.
 func TestInlineKeyNeverPrinted(t *testing.T) {
-	key, body := testKeyPEM(t)
+	key, body := testkit.PrivateKeyPEM(t)
 	// A PEM key without sslinline could never work (lib/pq takes it for a
 	// path, and names it in its error): refused, without the key.
 	if _, err := ParseDSN("host=db secret_id=s sslcert=/c.pem sslkey=" + quoteValue(key)); err == nil ||

@@ -2,12 +2,7 @@ package main
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"net"
 	"os"
@@ -19,6 +14,7 @@ import (
 	"time"
 
 	"github.com/pgsecrets/pgsecrets/internal/testdb"
+	"github.com/pgsecrets/pgsecrets/internal/testkit"
 	"github.com/pgsecrets/pgsecrets/smtest"
 )
 
@@ -490,21 +486,8 @@ func TestCheckTimeout(t *testing.T) {
 // takes the key for a file path and names it.
 func TestCheckInlineKeyNeverPrinted(t *testing.T) {
 	r := newCheckRig(t)
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.MarshalPKCS8PrivateKey(k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	key := string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))
-	r.planted = append(r.planted, "PRIVATE KEY", "pass-never-printed")
-	for _, l := range strings.Split(key, "\n") {
-		if l != "" && !strings.HasPrefix(l, "-----") {
-			r.planted = append(r.planted, l)
-		}
-	}
+	key, body := testkit.PrivateKeyPEM(t)
+	r.planted = append(append(r.planted, "PRIVATE KEY", "pass-never-printed"), body...)
 	cert := filepath.Join(t.TempDir(), "client.crt")
 	if err := os.WriteFile(cert, []byte("lib/pq only checks that it exists before the key"), 0o600); err != nil {
 		t.Fatal(err)
