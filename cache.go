@@ -156,7 +156,6 @@ func (e *entry) get(ctx context.Context, pol policy) (*Credentials, error) {
 		}
 		cred = nil
 	}
-	h := e.store.health()
 	if cred != nil {
 		age = now.Sub(v.fetchedAt)
 		ttl := pol.ttl
@@ -179,14 +178,17 @@ func (e *entry) get(ctx context.Context, pol policy) (*Credentials, error) {
 		if ttl < pol.ttl {
 			age += pol.ttl - ttl // measure staleness from the rotation time
 		}
-		if age < pol.ttl+pol.maxStale && h.failures > 0 {
-			// The store is known to be failing: serve the cached
-			// credential and keep retrying in the background.
-			e.store.refresh(now, pol)
-			return e.serveStale(cred, age, pol), nil
-		}
 	}
+	// Not fresh: what the store is going through decides (read only now,
+	// so that a cache hit takes no lock of the store's).
+	h := e.store.health()
 	usable := cred != nil && age < pol.ttl+pol.maxStale
+	if usable && h.failures > 0 {
+		// The store is known to be failing: serve the cached credential
+		// and keep retrying in the background.
+		e.store.refresh(now, pol)
+		return e.serveStale(cred, age, pol), nil
+	}
 	if !usable && h.lastErr != nil {
 		// Waiting for the next slot would only delay the same answer.
 		switch {
