@@ -180,21 +180,20 @@ var providers = registry.New[providerInfo]("provider", keyProvider, map[string]s
 // called from an init function, and panics if name is empty or taken, or a
 // key is malformed, as sql.Register does.
 func RegisterProvider(name string, factory ProviderFactory, keys ...string) {
-	if name == "" || factory == nil {
+	register(name, providerInfo{factory: factory, keys: slices.Clone(keys)})
+}
+
+// register adds a provider after checking its name, factory and keys.
+func register(name string, info providerInfo) {
+	if name == "" || info.factory == nil {
 		panic("pgsecrets: RegisterProvider needs a name and a factory")
 	}
-	for _, k := range keys {
+	for _, k := range info.keys {
 		if !strings.HasPrefix(k, "secret_") || slices.Contains(secretKeys, k) {
 			panic(fmt.Sprintf("pgsecrets: provider %q: key %q must start with secret_ and not be a core key", name, k))
 		}
 	}
-	providers.Add(name, providerInfo{factory: factory, keys: slices.Clone(keys)})
-}
-
-// registerProvider registers a core provider that needs no secret_id:
-// secretID derives the name from the DSN.
-func registerProvider(name string, factory ProviderFactory, secretID func(*Config) string, keys ...string) {
-	providers.Add(name, providerInfo{factory: factory, secretID: secretID, keys: keys})
+	providers.Add(name, info)
 }
 
 // providerNames returns the names of the registered providers, sorted.

@@ -2,12 +2,8 @@ package pgsecrets
 
 import (
 	"context"
-	"fmt"
 	"math"
-	"os"
-	"path/filepath"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -32,29 +28,7 @@ const DefaultRDSLoginRate = 100
 const keyLoginRate = "secret_login_rate"
 
 func init() {
-	registerProvider("rds-iam", newRDSIAMProvider, rdsIAMSecretID, keyLoginRate)
-}
-
-// rdsIAMSecretID names what a DSN without secret_id reaches, for logs,
-// errors and the cache: rds-iam:user@host:port.
-func rdsIAMSecretID(cfg *Config) string {
-	user, hosts, port := rdsTarget(cfg)
-	return fmt.Sprintf("rds-iam:%s@%s:%s", user, strings.Join(hosts, ","), port)
-}
-
-// rdsTarget is the user, hosts and port a token is signed for: the DSN's
-// (or PGUSER, PGHOST, PGPORT), port 5432 by default.
-func rdsTarget(cfg *Config) (user string, hosts []string, port string) {
-	srv := cfg.server(os.Getenv)
-	user, _ = cfg.param("user")
-	if user == "" {
-		user = os.Getenv("PGUSER")
-	}
-	port = srv.port
-	if port == "" {
-		port = "5432"
-	}
-	return user, srv.hosts, port
+	RegisterTokenProvider("rds-iam", newRDSIAMProvider, keyLoginRate)
 }
 
 type rdsIAMProvider struct {
@@ -66,17 +40,9 @@ type rdsIAMProvider struct {
 }
 
 func newRDSIAMProvider(ctx context.Context, cfg *Config) (Provider, error) {
-	srv := cfg.server(os.Getenv)
-	user, hosts, port := rdsTarget(cfg)
-	switch {
-	case user == "":
-		return nil, &DSNError{Key: "user", Msg: "secret_provider=rds-iam needs the database user in the DSN (user=…): the token is signed for it"}
-	case len(hosts) != 1 || hosts[0] == "":
-		return nil, &DSNError{Key: "host", Msg: "secret_provider=rds-iam needs exactly one host in the DSN: the token is signed for the host and port dialled"}
-	case filepath.IsAbs(hosts[0]) || strings.HasPrefix(hosts[0], "@"):
-		return nil, &DSNError{Key: "host", Msg: "secret_provider=rds-iam needs a TCP host, not a Unix socket: IAM tokens travel over TLS"}
-	case weakSSLMode(srv.sslmode):
-		return nil, &DSNError{Key: "sslmode", Msg: fmt.Sprintf("sslmode=%s may send the token without TLS, and RDS accepts IAM tokens only over TLS: use verify-full (with the RDS CA bundle as sslrootcert) or require", srv.sslmode)}
+	t, err := cfg.TokenTarget()
+	if err != nil {
+		return nil, err
 	}
 	rate := float64(DefaultRDSLoginRate)
 	if v, ok := cfg.ProviderParam(keyLoginRate); ok {
@@ -90,7 +56,7 @@ func newRDSIAMProvider(ctx context.Context, cfg *Config) (Provider, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &rdsIAMProvider{creds: awsCfg.Credentials, region: awsCfg.Region, endpoint: hosts[0] + ":" + port, user: user,
+	return &rdsIAMProvider{creds: awsCfg.Credentials, region: awsCfg.Region, endpoint: t.Endpoint(), user: t.User,
 		rate: rate}, nil
 }
 
@@ -126,9 +92,9 @@ func (p *rdsIAMProvider) errorf(kind error, err error, detail string) error {
 		Hint: "the process's AWS identity needs rds-db:connect on " + p.connectARN()}
 }
 
-// authHint: RDS answers every refused token with 28000 ("PAM
-// authentication failed"), whatever the cause.
-func (p *rdsIAMProvider) authHint(string) string {
+// AuthHint implements AuthHinter: RDS answers every refused token with
+// 28000 ("PAM authentication failed"), whatever the cause.
+func (p *rdsIAMProvider) AuthHint(string) string {
 	return "RDS refused the IAM token: check that IAM database authentication is enabled on the instance or cluster, that user " +
 		p.user + " exists and is granted rds_iam, that the process's AWS identity may rds-db:connect as it (" + p.connectARN() +
 		"), and that secret_region is the database's region"

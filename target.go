@@ -380,14 +380,17 @@ func (t *target) openError() error {
 		Hint: t.authHint(state) + "; pgsecrets retries by itself once the breaker's interval has passed"}
 }
 
-// authHinter is a core provider that knows better what to check after a
-// rejected login (a token's permissions rather than a password).
-type authHinter interface{ authHint(sqlstate string) string }
+// AuthHinter is implemented by providers that know better than a
+// password's checklist what to look at after the database refused their
+// credentials (a token's permissions, the role's grant). AuthHint returns
+// the hint of the error, given the server's SQLSTATE (28P01 or 28000); it
+// must not contain a secret.
+type AuthHinter interface{ AuthHint(sqlstate string) string }
 
 // authHint says what to check after a rejected login with sqlstate.
 func (t *target) authHint(sqlstate string) string {
-	if h, ok := t.e.store.provider.(authHinter); ok {
-		return h.authHint(sqlstate)
+	if h, ok := t.e.store.provider.(AuthHinter); ok {
+		return h.AuthHint(sqlstate)
 	}
 	return authHint(sqlstate)
 }

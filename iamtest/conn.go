@@ -102,7 +102,6 @@ func (s *Server) login(raw, conn net.Conn, be *pgproto3.Backend, startup *pgprot
 		s.logf("iamtest: %s: login of %q refused: %s (%s)", raw.RemoteAddr(), user, reason, detail)
 		s.sendError(be, code, message)
 	}
-	pamFailed := fmt.Sprintf("PAM authentication failed for user %q", user)
 
 	if !encrypted {
 		host, _, _ := net.SplitHostPort(raw.RemoteAddr().String())
@@ -145,12 +144,12 @@ func (s *Server) login(raw, conn net.Conn, be *pgproto3.Backend, startup *pgprot
 	}
 	token := pm.Password
 
-	reason, detail := s.verifierAt(s.opts.Now()).verify(s.ctx, token, user)
+	reason, detail := s.verify(user, token, s.opts.Now())
 	if reason == "" && s.injectRejection() {
 		reason = ReasonInjected
 	}
 	if reason != "" {
-		refuse(reason, detail, s.opts.AuthFailedCode, pamFailed)
+		refuse(reason, detail, s.opts.AuthFailedCode, s.opts.RefusedMessage(user, reason))
 		return
 	}
 

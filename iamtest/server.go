@@ -59,10 +59,33 @@ type Credential struct {
 	SessionToken string
 }
 
-// Options configure a Server. Credentials and Upstream are required.
+// A Verifier decides whether a password is a valid token for a user, the
+// way a cloud's database service does. The server applies MaxTokenAge,
+// RejectNext and Throttle around it.
+type Verifier interface {
+	// Verify checks token as the password of user at now. It returns when
+	// the token was issued (for MaxTokenAge), and "" if the token is valid,
+	// else a Reason for the record and a detail that never holds the token
+	// or a part of its signature.
+	Verify(ctx context.Context, user, token string, now time.Time) (issued time.Time, reason, detail string)
+}
+
+// Options configure a Server. Upstream is required, and either Credentials
+// (RDS IAM tokens) or Verifier (another cloud's tokens).
 type Options struct {
-	// Credentials maps access key ids to the keys the server accepts.
+	// Credentials maps access key ids to the keys the server accepts RDS
+	// IAM tokens from.
 	Credentials map[string]Credential
+
+	// Verifier, if set, checks tokens instead of RDS's SigV4 verification
+	// (an Entra ID or Google token issuer's Verifier); Credentials, Endpoint
+	// and Region are then unused.
+	Verifier Verifier
+
+	// RefusedMessage is the message a login of user refused for reason
+	// (a Reason constant) gets. Default: RDS's "PAM authentication failed
+	// for user …", whatever the reason.
+	RefusedMessage func(user, reason string) string
 
 	// Upstream returns the connection string (pgx/libpq syntax) with which
 	// the server logs in to the real PostgreSQL server as user, once that
@@ -140,8 +163,8 @@ func New(opts Options) (*Server, error) {
 	if opts.Upstream == nil {
 		return nil, errors.New("iamtest: Options.Upstream is required")
 	}
-	if len(opts.Credentials) == 0 {
-		return nil, errors.New("iamtest: Options.Credentials is empty")
+	if len(opts.Credentials) == 0 && opts.Verifier == nil {
+		return nil, errors.New("iamtest: Options.Credentials is empty and Options.Verifier is nil")
 	}
 	creds := make(map[string]Credential, len(opts.Credentials))
 	for k, v := range opts.Credentials {
@@ -159,6 +182,9 @@ func New(opts Options) (*Server, error) {
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
+	}
+	if opts.RefusedMessage == nil {
+		opts.RefusedMessage = func(user, _ string) string { return fmt.Sprintf("PAM authentication failed for user %q", user) }
 	}
 
 	st, err := newServerTLS(time.Now())
@@ -255,9 +281,10 @@ func (s *Server) RejectNext(n int) {
 	s.rejectNext = max(n, 0)
 }
 
-// MaxTokenAge makes the server refuse tokens signed more than d ago even
-// if X-Amz-Expires has not passed (ReasonTooOld): what happens to a token
-// signed with temporary credentials that expire before the token does.
+// MaxTokenAge makes the server refuse tokens issued more than d ago even
+// if they have not expired (ReasonTooOld): what happens to an RDS token
+// signed with temporary credentials that expire before the token does, or
+// to any token its issuer revoked early.
 // d <= 0 turns it off.
 func (s *Server) MaxTokenAge(d time.Duration) {
 	s.mu.Lock()
@@ -403,18 +430,24 @@ func (s *Server) injectRejection() bool {
 	return true
 }
 
-// verifierAt is the token verifier for a login at now.
-func (s *Server) verifierAt(now time.Time) *verifier {
+// verify checks token for user at now with the configured verifier,
+// then against MaxTokenAge.
+func (s *Server) verify(user, token string, now time.Time) (reason, detail string) {
+	v := s.opts.Verifier
+	if v == nil {
+		v = &rdsVerifier{endpoint: s.endpoint, region: s.opts.Region, creds: s.opts.Credentials}
+	}
+	issued, reason, detail := v.Verify(s.ctx, user, token, now)
+	if reason != "" {
+		return reason, detail
+	}
 	s.mu.Lock()
 	maxAge := s.maxAge
 	s.mu.Unlock()
-	return &verifier{
-		endpoint: s.endpoint,
-		region:   s.opts.Region,
-		creds:    s.opts.Credentials,
-		now:      now,
-		maxAge:   maxAge,
+	if maxAge > 0 && now.Sub(issued) > maxAge {
+		return ReasonTooOld, fmt.Sprintf("issued at %s, max age %s, now %s", issued.UTC().Format(time.RFC3339), maxAge, now.UTC().Format(time.RFC3339))
 	}
+	return "", ""
 }
 
 // sortedKeys returns m's keys in order.

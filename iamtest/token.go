@@ -65,13 +65,11 @@ const (
 	serviceName = "rds-db"
 )
 
-// verifier holds what a token is checked against.
-type verifier struct {
+// rdsVerifier checks RDS IAM tokens: what they are checked against.
+type rdsVerifier struct {
 	endpoint string
 	region   string
 	creds    map[string]Credential
-	now      time.Time
-	maxAge   time.Duration // 0: no limit beyond X-Amz-Expires
 }
 
 // tokenParams are the query parameters of an RDS IAM token; each must occur
@@ -81,26 +79,24 @@ var tokenParams = []string{
 	"X-Amz-Expires", "X-Amz-SignedHeaders", "X-Amz-Signature",
 }
 
-// verify checks token as an RDS IAM token for user. It returns "" if the
-// token is valid, else one of the Reason constants and a detail for the
-// record. Neither the token nor any part of its signature ever appears in
-// what it returns.
-func (v *verifier) verify(ctx context.Context, token, user string) (reason, detail string) {
+// Verify implements Verifier for RDS IAM tokens. Neither the token nor
+// any part of its signature ever appears in what it returns.
+func (v *rdsVerifier) Verify(ctx context.Context, user, token string, now time.Time) (signedAt time.Time, reason, detail string) {
 	if token == "" || strings.Contains(token, "://") || strings.ContainsAny(token, " \t\r\n#") {
-		return ReasonMalformed, "not a scheme-less presigned URL"
+		return signedAt, ReasonMalformed, "not a scheme-less presigned URL"
 	}
 	u, err := url.Parse("https://" + token)
 	if err != nil || u.User != nil || u.Fragment != "" || u.Host == "" || (u.Path != "" && u.Path != "/") {
-		return ReasonMalformed, "not a scheme-less presigned URL"
+		return signedAt, ReasonMalformed, "not a scheme-less presigned URL"
 	}
 	q, err := url.ParseQuery(u.RawQuery)
 	if err != nil {
-		return ReasonMalformed, "bad query string"
+		return signedAt, ReasonMalformed, "bad query string"
 	}
 	for k, vals := range q {
 		if k == "X-Amz-Security-Token" {
 			if len(vals) != 1 {
-				return ReasonMalformed, "repeated X-Amz-Security-Token"
+				return signedAt, ReasonMalformed, "repeated X-Amz-Security-Token"
 			}
 			continue
 		}
@@ -109,70 +105,67 @@ func (v *verifier) verify(ctx context.Context, token, user string) (reason, deta
 			known = known || k == p
 		}
 		if !known {
-			return ReasonMalformed, fmt.Sprintf("unexpected parameter %q", k)
+			return signedAt, ReasonMalformed, fmt.Sprintf("unexpected parameter %q", k)
 		}
 		if len(vals) != 1 {
-			return ReasonMalformed, fmt.Sprintf("repeated parameter %q", k)
+			return signedAt, ReasonMalformed, fmt.Sprintf("repeated parameter %q", k)
 		}
 	}
 	for _, p := range tokenParams {
 		if !q.Has(p) {
-			return ReasonMalformed, fmt.Sprintf("missing parameter %q", p)
+			return signedAt, ReasonMalformed, fmt.Sprintf("missing parameter %q", p)
 		}
 	}
 
 	if q.Get("Action") != "connect" {
-		return ReasonAction, fmt.Sprintf("Action=%q", q.Get("Action"))
+		return signedAt, ReasonAction, fmt.Sprintf("Action=%q", q.Get("Action"))
 	}
 	if q.Get("DBUser") != user {
-		return ReasonUser, fmt.Sprintf("DBUser=%q, login user %q", q.Get("DBUser"), user)
+		return signedAt, ReasonUser, fmt.Sprintf("DBUser=%q, login user %q", q.Get("DBUser"), user)
 	}
 	if u.Host != v.endpoint {
-		return ReasonEndpoint, fmt.Sprintf("token for %q, endpoint %q", u.Host, v.endpoint)
+		return signedAt, ReasonEndpoint, fmt.Sprintf("token for %q, endpoint %q", u.Host, v.endpoint)
 	}
 	if q.Get("X-Amz-Algorithm") != "AWS4-HMAC-SHA256" {
-		return ReasonMalformed, fmt.Sprintf("X-Amz-Algorithm=%q", q.Get("X-Amz-Algorithm"))
+		return signedAt, ReasonMalformed, fmt.Sprintf("X-Amz-Algorithm=%q", q.Get("X-Amz-Algorithm"))
 	}
 	if q.Get("X-Amz-SignedHeaders") != "host" {
-		return ReasonMalformed, fmt.Sprintf("X-Amz-SignedHeaders=%q", q.Get("X-Amz-SignedHeaders"))
+		return signedAt, ReasonMalformed, fmt.Sprintf("X-Amz-SignedHeaders=%q", q.Get("X-Amz-SignedHeaders"))
 	}
 
-	signedAt, err := time.Parse(amzDateFormat, q.Get("X-Amz-Date"))
+	signedAt, err = time.Parse(amzDateFormat, q.Get("X-Amz-Date"))
 	if err != nil {
-		return ReasonMalformed, "bad X-Amz-Date"
+		return signedAt, ReasonMalformed, "bad X-Amz-Date"
 	}
 	expires, err := strconv.Atoi(q.Get("X-Amz-Expires"))
 	if err != nil || expires <= 0 || expires > maxExpires || q.Get("X-Amz-Expires") != strconv.Itoa(expires) {
-		return ReasonMalformed, fmt.Sprintf("X-Amz-Expires=%q (1..%d)", q.Get("X-Amz-Expires"), maxExpires)
+		return signedAt, ReasonMalformed, fmt.Sprintf("X-Amz-Expires=%q (1..%d)", q.Get("X-Amz-Expires"), maxExpires)
 	}
 
 	// AKID/DATE/REGION/SERVICE/aws4_request
 	scope := strings.Split(q.Get("X-Amz-Credential"), "/")
 	if len(scope) != 5 || scope[0] == "" || scope[4] != "aws4_request" {
-		return ReasonMalformed, "bad X-Amz-Credential"
+		return signedAt, ReasonMalformed, "bad X-Amz-Credential"
 	}
 	akid := scope[0]
 	if scope[1] != signedAt.Format("20060102") || scope[2] != v.region || scope[3] != serviceName {
-		return ReasonScope, fmt.Sprintf("scope %s/%s/%s, want %s/%s/%s",
+		return signedAt, ReasonScope, fmt.Sprintf("scope %s/%s/%s, want %s/%s/%s",
 			scope[1], scope[2], scope[3], signedAt.Format("20060102"), v.region, serviceName)
 	}
 	cred, ok := v.creds[akid]
 	if !ok {
-		return ReasonUnknownKey, fmt.Sprintf("access key id %q", akid)
+		return signedAt, ReasonUnknownKey, fmt.Sprintf("access key id %q", akid)
 	}
 	if q.Has("X-Amz-Security-Token") != (cred.SessionToken != "") ||
 		subtle.ConstantTimeCompare([]byte(q.Get("X-Amz-Security-Token")), []byte(cred.SessionToken)) != 1 {
-		return ReasonSessionToken, fmt.Sprintf("access key id %q", akid)
+		return signedAt, ReasonSessionToken, fmt.Sprintf("access key id %q", akid)
 	}
 
-	if signedAt.After(v.now.Add(maxSkew)) {
-		return ReasonFuture, fmt.Sprintf("signed at %s, now %s", signedAt.Format(time.RFC3339), v.now.UTC().Format(time.RFC3339))
+	if signedAt.After(now.Add(maxSkew)) {
+		return signedAt, ReasonFuture, fmt.Sprintf("signed at %s, now %s", signedAt.Format(time.RFC3339), now.UTC().Format(time.RFC3339))
 	}
-	if !v.now.Before(signedAt.Add(time.Duration(expires) * time.Second)) {
-		return ReasonExpired, fmt.Sprintf("signed at %s for %ds, now %s", signedAt.Format(time.RFC3339), expires, v.now.UTC().Format(time.RFC3339))
-	}
-	if v.maxAge > 0 && v.now.Sub(signedAt) > v.maxAge {
-		return ReasonTooOld, fmt.Sprintf("signed at %s, max age %s, now %s", signedAt.Format(time.RFC3339), v.maxAge, v.now.UTC().Format(time.RFC3339))
+	if !now.Before(signedAt.Add(time.Duration(expires) * time.Second)) {
+		return signedAt, ReasonExpired, fmt.Sprintf("signed at %s for %ds, now %s", signedAt.Format(time.RFC3339), expires, now.UTC().Format(time.RFC3339))
 	}
 
 	want, err := presignSignature(ctx, v.endpoint, user, v.region, expires, signedAt, aws.Credentials{
@@ -181,12 +174,12 @@ func (v *verifier) verify(ctx context.Context, token, user string) (reason, deta
 		SessionToken:    cred.SessionToken,
 	})
 	if err != nil {
-		return ReasonMalformed, "cannot recompute the signature: " + err.Error()
+		return signedAt, ReasonMalformed, "cannot recompute the signature: " + err.Error()
 	}
 	if subtle.ConstantTimeCompare([]byte(q.Get("X-Amz-Signature")), []byte(want)) != 1 {
-		return ReasonSignature, fmt.Sprintf("access key id %q", akid)
+		return signedAt, ReasonSignature, fmt.Sprintf("access key id %q", akid)
 	}
-	return "", ""
+	return signedAt, "", ""
 }
 
 // presignSignature signs GET https://endpoint/?Action=connect&DBUser=user
