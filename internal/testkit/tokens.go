@@ -1,0 +1,69 @@
+package testkit
+
+import (
+	"context"
+	"database/sql"
+	"os"
+	"testing"
+	"time"
+)
+
+// TokenChurn is the load every token provider is held to: workers
+// querying through db for Duration, each connection living only
+// ConnLifetime (so logins never stop), while the server refuses tokens
+// early (its MaxTokenAge, set by the caller before RunTokenChurn).
+type TokenChurn struct {
+	// Workers defaults to 16.
+	Workers int
+	// Duration defaults to one minute; PGSECRETS_TOKEN_CHURN overrides
+	// the default (a Go duration), for a quicker run by hand.
+	Duration time.Duration
+	// ConnLifetime defaults to 250 ms.
+	ConnLifetime time.Duration
+	// Refused reports how many logins the server has refused for the
+	// token's age so far; the run must see some.
+	Refused func() int
+}
+
+// ChurnResult is what a TokenChurn run saw.
+type ChurnResult struct {
+	Queries int64
+	Refused int
+}
+
+// RunTokenChurn runs c against db and fails the test if a query failed,
+// none succeeded, or the server refused no token (the run then proved
+// nothing about recovery).
+func RunTokenChurn(tb testing.TB, db *sql.DB, c TokenChurn) ChurnResult {
+	tb.Helper()
+	if c.Workers == 0 {
+		c.Workers = 16
+	}
+	if c.Duration == 0 {
+		c.Duration = time.Minute
+		if d, err := time.ParseDuration(os.Getenv("PGSECRETS_TOKEN_CHURN")); err == nil && d > 0 {
+			c.Duration = d
+		}
+	}
+	if c.ConnLifetime == 0 {
+		c.ConnLifetime = 250 * time.Millisecond
+	}
+	db.SetMaxOpenConns(c.Workers)
+	db.SetMaxIdleConns(c.Workers)
+	db.SetConnMaxLifetime(c.ConnLifetime)
+	refusedBefore := c.Refused()
+	l := Start(tb, c.Workers, func(ctx context.Context) error {
+		var one int
+		return db.QueryRowContext(ctx, "SELECT 1").Scan(&one)
+	})
+	timer := time.NewTimer(c.Duration)
+	<-timer.C // the run's length is the point
+	l.AssertNoFailures(tb)
+	res := ChurnResult{Queries: l.OK(), Refused: c.Refused() - refusedBefore}
+	if res.Refused == 0 {
+		tb.Errorf("the server refused no token in %s: the run did not exercise recovery", c.Duration)
+	}
+	tb.Logf("token churn: %d workers, %s, connections of %s: %d queries, %d tokens refused for their age, 0 failed",
+		c.Workers, c.Duration, c.ConnLifetime, res.Queries, res.Refused)
+	return res
+}
