@@ -85,14 +85,16 @@ func NewConnector(dsn string, opts ...Option) (*Connector, error) {
 	if d, ok := provider.(TTLDefaulter); ok && !cfg.explicit(keyTTL) && d.DefaultTTL() > 0 {
 		cfg.TTL = d.DefaultTTL()
 	}
-	c.cl = client{
-		policy: policy{ttl: cfg.TTL, maxStale: cfg.MaxStale, margin: cfg.ExpiryMargin, log: c.log, stats: &c.stats},
-		window: cfg.RetryWindow, warn: c.warnAtConnect, dial: c.dial,
-	}
 	key := fmt.Sprintf("%s|%s|%s|%s|%s", identity, cfg.SecretID, cfg.VersionStage, cfg.UsernameKey, cfg.PasswordKey)
 	c.entry = acquireEntry(key, cfg.SecretID, cfg.VersionStage, provider)
+	obs := &observers{log: c.log, stats: &c.stats, provider: cfg.Provider, pendingStage: c.entry.store.pendingStage,
+		extra: o.observers}
+	c.cl = client{
+		policy: policy{ttl: cfg.TTL, maxStale: cfg.MaxStale, margin: cfg.ExpiryMargin, obs: obs},
+		window: cfg.RetryWindow, warn: c.warnAtConnect, dial: c.dial, host: c.srv.hostName(), port: c.srv.port,
+	}
 	c.entry.leases.join(c.cl.policy)
-	c.target = c.entry.target(c.srv.key(), o.breakerOpen, c.log)
+	c.target = c.entry.target(c.srv.key(), o.breakerOpen)
 
 	c.warnAtOpen()
 	return c, nil
@@ -239,7 +241,7 @@ func (c *Connector) dial(ctx context.Context, creds *Credentials) (driver.Conn, 
 		if err != nil {
 			c.entry.leases.failed(l)
 		} else {
-			conn = c.entry.leases.opened(l, conn, &c.stats)
+			conn = c.entry.leases.opened(l, conn, c.cl.obs)
 		}
 	}
 	if err != nil {
@@ -247,9 +249,6 @@ func (c *Connector) dial(ctx context.Context, creds *Credentials) (driver.Conn, 
 			return nil, c.loginError(ctx, creds, err)
 		}
 		return nil, err
-	}
-	if creds.Stage != "" && creds.Stage == c.entry.store.pendingStage {
-		c.stats.pendingUses.Add(1)
 	}
 	return conn, nil
 }
