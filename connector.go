@@ -49,6 +49,7 @@ func NewConnector(dsn string, opts ...Option) (*Connector, error) {
 		opt(&o)
 	}
 	c := &Connector{cfg: cfg, srv: cfg.server(os.Getenv), log: o.logger}
+	obs := &observers{log: c.log, stats: &c.stats, provider: cfg.Provider, extra: o.observers}
 	c.dsn = cfg.pqDSN(os.Getenv)
 	factory, ok := engine.Engines.Lookup(cfg.Driver)
 	if !ok {
@@ -70,7 +71,7 @@ func NewConnector(dsn string, opts ...Option) (*Connector, error) {
 		if !ok {
 			return nil, unknownProviderError(cfg.Provider)
 		}
-		ctx, cancel := context.WithTimeout(context.WithValue(context.Background(), loggerKey{}, c.log), 30*time.Second)
+		ctx, cancel := context.WithTimeout(context.WithValue(context.Background(), observersKey{}, obs), 30*time.Second)
 		given := *cfg // factories read the configuration; they declare defaults (TTLDefaulter) rather than edit it
 		provider, err = info.factory(ctx, &given)
 		cancel()
@@ -87,8 +88,7 @@ func NewConnector(dsn string, opts ...Option) (*Connector, error) {
 	}
 	key := fmt.Sprintf("%s|%s|%s|%s|%s", identity, cfg.SecretID, cfg.VersionStage, cfg.UsernameKey, cfg.PasswordKey)
 	c.entry = acquireEntry(key, cfg.SecretID, cfg.VersionStage, provider)
-	obs := &observers{log: c.log, stats: &c.stats, provider: cfg.Provider, pendingStage: c.entry.store.pendingStage,
-		extra: o.observers}
+	obs.pendingStage = c.entry.store.pendingStage
 	c.cl = client{
 		policy: policy{ttl: cfg.TTL, maxStale: cfg.MaxStale, margin: cfg.ExpiryMargin, obs: obs},
 		window: cfg.RetryWindow, warn: c.warnAtConnect, dial: c.dial, host: c.srv.hostName(), port: c.srv.port,
@@ -271,6 +271,7 @@ func (c *Connector) loginError(ctx context.Context, creds *Credentials, err erro
 // counters back Stats.
 type counters struct {
 	storeCalls     atomic.Int64
+	storeThrottled atomic.Int64
 	cacheHits      atomic.Int64
 	storeWaits     atomic.Int64
 	staleServes    atomic.Int64

@@ -186,7 +186,7 @@ func WithObserver(o Observer) Option {
 }
 
 // ErrorClass is a short, bounded name for err's kind, for an Outcome or a
-// metric attribute: not_found, access_denied, malformed, unavailable,
+// metric attribute: not_found, access_denied, malformed, throttled, unavailable,
 // auth_failed, circuit_open, connect, closed, canceled, deadline, or other.
 func ErrorClass(err error) string {
 	switch {
@@ -198,6 +198,8 @@ func ErrorClass(err error) string {
 		return "access_denied"
 	case errors.Is(err, ErrMalformedSecret):
 		return "malformed"
+	case errors.Is(err, ErrThrottled):
+		return "throttled"
 	case errors.Is(err, ErrStoreUnavailable):
 		return "unavailable"
 	case errors.Is(err, ErrAuthFailed):
@@ -277,6 +279,9 @@ func (o *observers) count(e Event) {
 	switch e.Kind {
 	case KindStoreCallEnd:
 		s.storeCalls.Add(int64(e.Count))
+		if errors.Is(e.Err, ErrThrottled) {
+			s.storeThrottled.Add(1)
+		}
 	case KindServed:
 		switch e.Outcome {
 		case ServedFresh:

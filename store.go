@@ -25,6 +25,9 @@ const (
 	// average).
 	backoffBase = 500 * time.Millisecond
 	backoffMax  = 1600 * time.Millisecond
+	// throttleBase and throttleMax replace them after a throttled call.
+	throttleBase = 2 * time.Second
+	throttleMax  = 30 * time.Second
 	// storeTimeout bounds one store call, hedges included (fetches run
 	// detached from callers, so the callers' deadlines do not).
 	storeTimeout = 10 * time.Second
@@ -317,7 +320,14 @@ func (s *store) failed(ctx context.Context, end Event, err error, pol policy) er
 	warn := false
 	if unavailable {
 		s.failures++
-		s.nextCall = time.Now().Add(backoff(backoffBase, backoffMax, s.failures))
+		if errors.Is(err, ErrThrottled) {
+			// A quota shared by a fleet: back off longer, and spread
+			// widely, so that processes throttled together do not come
+			// back together.
+			s.nextCall = time.Now().Add(spread(backoff(throttleBase, throttleMax, s.failures)))
+		} else {
+			s.nextCall = time.Now().Add(backoff(backoffBase, backoffMax, s.failures))
+		}
 		// One event per outage; each failed call is only a call.
 		warn, s.outage = !s.outage, true
 	}
@@ -451,6 +461,12 @@ func (s *store) hedged(stage string) (*Credentials, time.Duration, int, error) {
 	}
 }
 
+// spread jitters d over [d/2, 3d/2): wider than backoff's own ±20%, for
+// retries that a whole fleet makes after the same event.
+func spread(d time.Duration) time.Duration {
+	return d/2 + time.Duration(rand.Int64N(int64(d)+1))
+}
+
 // backoff returns base·2^(n-1), capped at max, jittered by ±20%.
 func backoff(base, max time.Duration, n int) time.Duration {
 	d := base
@@ -470,7 +486,7 @@ func later(a, b time.Time) time.Time {
 
 // kindName names the sentinel an error wraps, for logs.
 func kindName(err error) string {
-	for _, k := range []error{ErrSecretNotFound, ErrAccessDenied, ErrMalformedSecret, ErrStoreUnavailable,
+	for _, k := range []error{ErrSecretNotFound, ErrAccessDenied, ErrMalformedSecret, ErrThrottled, ErrStoreUnavailable,
 		ErrAuthFailed, ErrCircuitOpen, ErrConnect, ErrClosed, context.Canceled, context.DeadlineExceeded} {
 		if errors.Is(err, k) {
 			return k.Error()
