@@ -59,7 +59,7 @@ func (a adapter) Connected(l *engine.Login) (release func(), retireAt func() tim
 	}
 	b := a.c.entry.leases
 	lease := b.open(creds, a.c.cl.policy)
-	lc := b.opened(lease, nopConn{}, &a.c.stats)
+	lc := b.opened(lease, nopConn{}, a.c.cl.obs)
 	// In use until released: the pool retires its connections itself, and
 	// the keeper must not end the lease's hold on its own.
 	lc.busy.Store(true)

@@ -163,7 +163,14 @@ func (p *awsProvider) classify(stage string, err error) error {
 	if errors.As(err, &api) {
 		code = api.ErrorCode()
 	}
+	var re *awshttp.ResponseError
+	if errors.As(err, &re) {
+		se.RequestID = re.ServiceRequestID()
+	}
 	switch code {
+	case "ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded":
+		se.Kind = ErrThrottled
+		se.Hint = "the account's Secrets Manager request quota is exhausted (GetSecretValue is limited per account and region, shared with everything else there): raise secret_ttl, spread deployments, or ask AWS for a higher quota; cached credentials are used meanwhile"
 	case "ResourceNotFoundException":
 		se.Kind = ErrSecretNotFound
 		se.Hint = "check secret_id and the region (" + "secret_region" + "); the secret must exist there and have a version at this stage"

@@ -3,7 +3,6 @@ package pgsecrets
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"math/rand/v2"
 	"sync"
 	"time"
@@ -109,8 +108,7 @@ type policy struct {
 	ttl      time.Duration
 	maxStale time.Duration
 	margin   time.Duration // secret_expiry_margin; 0 for the default
-	log      *slog.Logger
-	stats    *counters
+	obs      *observers
 }
 
 // refreshMargin is how long before the TTL ends a background refresh
@@ -137,7 +135,7 @@ func (e *entry) get(ctx context.Context, pol policy) (*Credentials, error) {
 			if refresh {
 				e.store.refresh(now, pol)
 			}
-			pol.stats.cacheHits.Add(1)
+			pol.served(ctx, e.store.secretID, cred, ServedFresh, 0)
 			return cred, nil
 		}
 		cred = nil
@@ -151,7 +149,7 @@ func (e *entry) get(ctx context.Context, pol policy) (*Credentials, error) {
 			if now.Sub(v.fetchedAt) >= time.Duration(float64(life)*v.ahead) {
 				e.store.refresh(now, pol)
 			}
-			pol.stats.cacheHits.Add(1)
+			pol.served(ctx, e.store.secretID, cred, ServedFresh, 0)
 			return cred, nil
 		}
 		cred = nil
@@ -172,7 +170,7 @@ func (e *entry) get(ctx context.Context, pol policy) (*Credentials, error) {
 			if age >= ttl-refreshMargin(pol.ttl) || (v.pending && age >= pendingRecheck) {
 				e.store.refresh(now, pol)
 			}
-			pol.stats.cacheHits.Add(1)
+			pol.served(ctx, e.store.secretID, cred, ServedFresh, 0)
 			return cred, nil
 		}
 		if ttl < pol.ttl {
@@ -187,7 +185,7 @@ func (e *entry) get(ctx context.Context, pol policy) (*Credentials, error) {
 		// The store is known to be failing: serve the cached credential
 		// and keep retrying in the background.
 		e.store.refresh(now, pol)
-		return e.serveStale(cred, age, pol), nil
+		return e.serveStale(ctx, cred, age, pol), nil
 	}
 	if !usable && h.lastErr != nil {
 		// Waiting for the next slot would only delay the same answer.
@@ -199,7 +197,7 @@ func (e *entry) get(ctx context.Context, pol policy) (*Credentials, error) {
 		}
 	}
 
-	pol.stats.storeWaits.Add(1)
+	pol.obs.emit(ctx, Event{Kind: KindStoreWait, SecretID: e.store.secretID, Stage: e.store.stage})
 	fctx := ctx
 	if usable {
 		// Past the TTL with a store not known to fail: wait for the fresh
@@ -210,18 +208,28 @@ func (e *entry) get(ctx context.Context, pol policy) (*Credentials, error) {
 	}
 	_, err := e.store.fetch(fctx, e.store.stage, pol, e.cache.since(v.gen))
 	if err == nil {
-		return e.cache.active(), nil
+		cred = e.cache.active()
+		pol.served(ctx, e.store.secretID, cred, ServedWaited, 0)
+		return cred, nil
 	}
 	if usable && (errors.Is(err, ErrStoreUnavailable) || (ctx.Err() == nil && isContextErr(err))) {
-		return e.serveStale(cred, age, pol), nil
+		return e.serveStale(ctx, cred, age, pol), nil
 	}
 	return nil, err
 }
 
 // serveStale records that cred is used past its TTL.
-func (e *entry) serveStale(cred *Credentials, age time.Duration, pol policy) *Credentials {
-	pol.log.Debug(EventServingStale, "secret_id", e.store.secretID, "version_id", cred.VersionID, "stage", cred.Stage,
-		"age", age.Round(time.Millisecond))
-	pol.stats.staleServes.Add(1)
+func (e *entry) serveStale(ctx context.Context, cred *Credentials, age time.Duration, pol policy) *Credentials {
+	pol.served(ctx, e.store.secretID, cred, ServedStale, age)
 	return cred
+}
+
+// served emits how a new connection got cred.
+func (pol policy) served(ctx context.Context, secretID string, cred *Credentials, how string, age time.Duration) {
+	end := cred.Expires
+	if end.IsZero() {
+		end = cred.LoginUntil
+	}
+	pol.obs.emit(ctx, Event{Kind: KindServed, SecretID: secretID, Stage: cred.Stage, VersionID: cred.VersionID,
+		Outcome: how, Duration: age, Expires: end})
 }

@@ -49,6 +49,7 @@ func NewConnector(dsn string, opts ...Option) (*Connector, error) {
 		opt(&o)
 	}
 	c := &Connector{cfg: cfg, srv: cfg.server(os.Getenv), log: o.logger}
+	obs := &observers{log: c.log, stats: &c.stats, provider: cfg.Provider, extra: o.observers}
 	c.dsn = cfg.pqDSN(os.Getenv)
 	factory, ok := engine.Engines.Lookup(cfg.Driver)
 	if !ok {
@@ -70,7 +71,7 @@ func NewConnector(dsn string, opts ...Option) (*Connector, error) {
 		if !ok {
 			return nil, unknownProviderError(cfg.Provider)
 		}
-		ctx, cancel := context.WithTimeout(context.WithValue(context.Background(), loggerKey{}, c.log), 30*time.Second)
+		ctx, cancel := context.WithTimeout(context.WithValue(context.Background(), observersKey{}, obs), 30*time.Second)
 		given := *cfg // factories read the configuration; they declare defaults (TTLDefaulter) rather than edit it
 		provider, err = info.factory(ctx, &given)
 		cancel()
@@ -85,14 +86,15 @@ func NewConnector(dsn string, opts ...Option) (*Connector, error) {
 	if d, ok := provider.(TTLDefaulter); ok && !cfg.explicit(keyTTL) && d.DefaultTTL() > 0 {
 		cfg.TTL = d.DefaultTTL()
 	}
-	c.cl = client{
-		policy: policy{ttl: cfg.TTL, maxStale: cfg.MaxStale, margin: cfg.ExpiryMargin, log: c.log, stats: &c.stats},
-		window: cfg.RetryWindow, warn: c.warnAtConnect, dial: c.dial,
-	}
 	key := fmt.Sprintf("%s|%s|%s|%s|%s", identity, cfg.SecretID, cfg.VersionStage, cfg.UsernameKey, cfg.PasswordKey)
 	c.entry = acquireEntry(key, cfg.SecretID, cfg.VersionStage, provider)
+	obs.pendingStage = c.entry.store.pendingStage
+	c.cl = client{
+		policy: policy{ttl: cfg.TTL, maxStale: cfg.MaxStale, margin: cfg.ExpiryMargin, obs: obs},
+		window: cfg.RetryWindow, warn: c.warnAtConnect, dial: c.dial, host: c.srv.hostName(), port: c.srv.port,
+	}
 	c.entry.leases.join(c.cl.policy)
-	c.target = c.entry.target(c.srv.key(), o.breakerOpen, c.log)
+	c.target = c.entry.target(c.srv.key(), o.breakerOpen)
 
 	c.warnAtOpen()
 	return c, nil
@@ -239,7 +241,7 @@ func (c *Connector) dial(ctx context.Context, creds *Credentials) (driver.Conn, 
 		if err != nil {
 			c.entry.leases.failed(l)
 		} else {
-			conn = c.entry.leases.opened(l, conn, &c.stats)
+			conn = c.entry.leases.opened(l, conn, c.cl.obs)
 		}
 	}
 	if err != nil {
@@ -247,9 +249,6 @@ func (c *Connector) dial(ctx context.Context, creds *Credentials) (driver.Conn, 
 			return nil, c.loginError(ctx, creds, err)
 		}
 		return nil, err
-	}
-	if creds.Stage != "" && creds.Stage == c.entry.store.pendingStage {
-		c.stats.pendingUses.Add(1)
 	}
 	return conn, nil
 }
@@ -272,6 +271,7 @@ func (c *Connector) loginError(ctx context.Context, creds *Credentials, err erro
 // counters back Stats.
 type counters struct {
 	storeCalls     atomic.Int64
+	storeThrottled atomic.Int64
 	cacheHits      atomic.Int64
 	storeWaits     atomic.Int64
 	staleServes    atomic.Int64

@@ -495,6 +495,10 @@ func (c *Config) server(env func(string) string) server {
 func (c *Config) SSLMode() string { return c.server(os.Getenv).sslmode }
 
 // key names the database for the breaker and the recovery (see target).
+// hostName is the server's host for events: the DSN's host or hosts, ""
+// when the engine's default (or the secret's) applies.
+func (s server) hostName() string { return strings.Join(s.hosts, ",") }
+
 func (s server) key() string { return strings.Join(s.hosts, ",") + "|" + s.port + "|" + s.dbname }
 
 // has reports whether the user set a connection setting, in the DSN or

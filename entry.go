@@ -58,8 +58,8 @@ func (e *entry) fetched(creds *Credentials, pol policy) {
 	}
 	prev := e.cache.record(creds)
 	if prev != nil && prev.VersionID != creds.VersionID {
-		pol.log.Info(EventRotationPickedUp, "secret_id", e.store.secretID, "stage", creds.Stage,
-			"version_id", creds.VersionID, "previous_version_id", prev.VersionID)
+		pol.obs.emit(context.Background(), Event{Kind: KindRotation, SecretID: e.store.secretID, Stage: creds.Stage,
+			VersionID: creds.VersionID, PreviousVersionID: prev.VersionID})
 	}
 }
 

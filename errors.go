@@ -39,6 +39,14 @@ var (
 	// a server error, throttling or a timeout. It is the only store error
 	// worth retrying.
 	ErrStoreUnavailable = errors.New("secret store unavailable")
+	// ErrThrottled: the store refused the request for its request quota
+	// (Secrets Manager's ThrottlingException, HTTP 429), after the SDK's
+	// own retries. It is a kind of ErrStoreUnavailable (errors.Is holds
+	// for both: retried with a longer backoff while cached credentials
+	// keep serving), told apart so that an operator can see "raise the
+	// quota or secret_ttl" rather than "the store is broken". RequestID
+	// names the refused request where the store gave one.
+	ErrThrottled error = throttledError{}
 	// ErrAuthFailed: the database rejected the secret's credentials, and
 	// fetching the secret again (current and pending versions) within the
 	// retry window did not produce credentials it accepts.
@@ -85,6 +93,9 @@ type SecretError struct {
 	// SQLState is the last SQLSTATE the database answered with, for
 	// ErrAuthFailed, ErrCircuitOpen and ErrConnect.
 	SQLState string
+	// RequestID is the store's id of the failed request, where it gave
+	// one (AWS's x-amzn-RequestId), for a support case.
+	RequestID string
 	// Detail says what happened; Hint says what to check.
 	Detail string
 	Hint   string
@@ -92,6 +103,13 @@ type SecretError struct {
 	// any.
 	Err error
 }
+
+// throttledError is ErrThrottled: a kind of ErrStoreUnavailable.
+type throttledError struct{}
+
+func (throttledError) Error() string { return "secret store throttled the request" }
+
+func (throttledError) Is(target error) bool { return target == ErrStoreUnavailable }
 
 // Error says which secret, what went wrong and what to check.
 func (e *SecretError) Error() string {
@@ -118,6 +136,9 @@ func (e *SecretError) Error() string {
 	}
 	if e.Err != nil {
 		b.WriteString(": " + e.Err.Error())
+	}
+	if e.RequestID != "" && (e.Err == nil || !strings.Contains(e.Err.Error(), e.RequestID)) {
+		b.WriteString(" (request id " + e.RequestID + ")")
 	}
 	if e.Hint != "" {
 		b.WriteString("; " + e.Hint)

@@ -80,7 +80,7 @@ func newFileProvider(ctx context.Context, cfg *Config) (Provider, error) {
 		secretID:    cfg.SecretID,
 		usernameKey: cfg.UsernameKey,
 		passwordKey: cfg.PasswordKey,
-		log:         factoryLogger(ctx),
+		warn:        factoryWarner(ctx, cfg.SecretID),
 		sem:         make(chan struct{}, 1),
 	}, nil
 }
@@ -100,7 +100,7 @@ type fileProvider struct {
 	secretID    string // as configured, for errors and logs
 	usernameKey string
 	passwordKey string
-	log         *slog.Logger
+	warn        func(msg string, attrs ...slog.Attr) // the connector's KindWarning
 
 	// sem serialises Fetch: the state below is shared, and a channel
 	// rather than a mutex lets a hedged second call give up with its ctx
@@ -203,8 +203,8 @@ func (p *fileProvider) Fetch(ctx context.Context, stage string) (*Credentials, e
 			if p.good == nil {
 				return nil, err
 			}
-			p.log.Warn(EventFileUnusable, "secret_id", p.secretID, "stage", stage,
-				"version_id", p.good.VersionID, "reason", unusableReason(se))
+			p.warn(EventFileUnusable, slog.String("stage", stage), slog.String("version_id", p.good.VersionID),
+				slog.String("reason", unusableReason(se)))
 			return p.good, nil
 		}
 		if err != nil {
@@ -477,16 +477,16 @@ func (p *fileProvider) checkAccess(path string, fi fs.FileInfo) {
 	if !p.warnedWritable {
 		if perm&0o022 != 0 {
 			p.warnedWritable = true
-			p.log.Warn(EventFileWritable, "secret_id", p.secretID, "path", path, "mode", octal(perm))
+			p.warn(EventFileWritable, slog.String("path", path), slog.String("mode", octal(perm)))
 		} else if dir, dmode := writableDir(path); dir != "" {
 			p.warnedWritable = true
-			p.log.Warn(EventFileWritable, "secret_id", p.secretID, "path", path, "mode", octal(perm),
-				"dir", dir, "dir_mode", octal(dmode))
+			p.warn(EventFileWritable, slog.String("path", path), slog.String("mode", octal(perm)),
+				slog.String("dir", dir), slog.String("dir_mode", octal(dmode)))
 		}
 	}
 	if !p.warnedReadable && perm&0o004 != 0 && !inKubernetesVolume(path) {
 		p.warnedReadable = true
-		p.log.Warn(EventFileReadable, "secret_id", p.secretID, "path", path, "mode", octal(perm))
+		p.warn(EventFileReadable, slog.String("path", path), slog.String("mode", octal(perm)))
 	}
 }
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql/driver"
 	"errors"
-	"log/slog"
 	"math/rand/v2"
 	"slices"
 	"sync"
@@ -105,12 +104,17 @@ func expiryMargin(configured, d time.Duration) time.Duration {
 // connections use.
 func (b *leaseBook) adopt(c *Credentials, pol policy) {
 	b.mu.Lock()
-	if l := b.all[c]; l != nil {
+	l := b.all[c]
+	if l != nil {
 		b.current = l // a login opened it already: keep its connections' count
 	} else {
 		b.addLocked(c, pol, true)
 	}
 	b.mu.Unlock()
+	if l == nil {
+		b.tell(Event{Kind: KindLeaseIssued, Stage: c.Stage, VersionID: c.VersionID, LeaseID: c.LeaseID, User: c.Username,
+			Expires: c.Expires})
+	}
 	b.startKeeper()
 	b.poke()
 }
@@ -161,7 +165,7 @@ func (l *lease) planRefresh(now time.Time, d time.Duration) {
 	}
 }
 
-// join registers an open connector; leave forgets it (pol.stats tells
+// join registers an open connector; leave forgets it (pol.obs tells
 // which). Connectors join when created and leave once closed.
 func (b *leaseBook) join(pol policy) {
 	b.mu.Lock()
@@ -171,26 +175,21 @@ func (b *leaseBook) join(pol policy) {
 
 func (b *leaseBook) leave(pol policy) {
 	b.mu.Lock()
-	b.users = slices.DeleteFunc(b.users, func(u policy) bool { return u.stats == pol.stats })
+	b.users = slices.DeleteFunc(b.users, func(u policy) bool { return u.obs == pol.obs })
 	b.mu.Unlock()
 }
 
-// tell reports an event of the entry's leases to every open connector:
-// count (if not nil) runs on each one's counters, and the line is logged
-// once per distinct logger, so connectors sharing a logger do not repeat
-// it. Called without b.mu.
-func (b *leaseBook) tell(count func(*counters), level slog.Level, msg string, args ...any) {
+// tell reports an event of the entry's leases to every open connector
+// (see fanOut). Called without b.mu.
+func (b *leaseBook) tell(e Event) {
 	b.mu.Lock()
-	users := slices.Clone(b.users)
-	b.mu.Unlock()
-	for i, u := range users {
-		if count != nil {
-			count(u.stats)
-		}
-		if !slices.ContainsFunc(users[:i], func(o policy) bool { return o.log == u.log }) {
-			u.log.Log(context.Background(), level, msg, args...)
-		}
+	all := make([]*observers, len(b.users))
+	for i, u := range b.users {
+		all[i] = u.obs
 	}
+	b.mu.Unlock()
+	e.SecretID = b.secretID
+	fanOut(context.Background(), all, e)
 }
 
 // discard revokes expiring credentials that were fetched but will never be
@@ -234,8 +233,8 @@ func (b *leaseBook) open(c *Credentials, pol policy) *lease {
 
 // opened wraps a connection made with l for the connector whose counters
 // are stats; failed ends a login that did not produce one.
-func (b *leaseBook) opened(l *lease, conn driver.Conn, stats *counters) *leaseConn {
-	lc := newLeaseConn(conn, b, l, stats)
+func (b *leaseBook) opened(l *lease, conn driver.Conn, obs *observers) *leaseConn {
+	lc := newLeaseConn(conn, b, l, obs)
 	b.mu.Lock()
 	l.dialing--
 	l.conns[lc] = struct{}{}
@@ -417,13 +416,12 @@ func (b *leaseBook) renew(l *lease) {
 		} else {
 			l.nextRenew = time.Now().Add(backoff(backoffBase, max(min(l.life/4, 30*time.Second), backoffBase), l.renewFails))
 		}
-		expiresIn := time.Until(l.expires).Round(time.Millisecond)
+		expires := l.expires
 		l.renewing = false
 		b.mu.Unlock()
 		b.poke()
-		b.tell(func(s *counters) { s.leaseRenewFailures.Add(1) }, slog.LevelWarn, EventLeaseRenewFailed,
-			"secret_id", b.secretID, "lease_id", l.creds.LeaseID, "user", l.creds.Username,
-			"error_kind", kindName(err), "error", err.Error(), "expires_in", expiresIn)
+		b.tell(Event{Kind: KindLeaseRenewFailed, LeaseID: l.creds.LeaseID, User: l.creds.Username, Err: err,
+			Outcome: ErrorClass(err), Expires: expires})
 		return
 	}
 	l.renewFails = 0
@@ -442,16 +440,14 @@ func (b *leaseBook) renew(l *lease) {
 		l.planRefresh(now, time.Duration(float64(l.expires.Sub(now))*(0.3+0.1*rand.Float64())))
 	}
 	l.nextRenew = l.expires.Add(-l.life / 2)
-	expiresIn := time.Until(l.expires).Round(time.Millisecond)
+	expires := l.expires
 	l.renewing = false
 	b.mu.Unlock()
 	b.poke()
 	if capped {
-		b.tell(nil, slog.LevelInfo, EventLeaseCapped, "secret_id", b.secretID, "lease_id", l.creds.LeaseID,
-			"user", l.creds.Username, "expires_in", time.Until(exp).Round(time.Millisecond))
+		b.tell(Event{Kind: KindLeaseCapped, LeaseID: l.creds.LeaseID, User: l.creds.Username, Expires: exp})
 	}
-	b.tell(func(s *counters) { s.leaseRenewals.Add(1) }, slog.LevelDebug, EventLeaseRenewed,
-		"secret_id", b.secretID, "lease_id", l.creds.LeaseID, "user", l.creds.Username, "expires_in", expiresIn)
+	b.tell(Event{Kind: KindLeaseRenewed, LeaseID: l.creds.LeaseID, User: l.creds.Username, Expires: expires})
 }
 
 // revoke ends one lease at the store.
@@ -462,12 +458,11 @@ func (b *leaseBook) revoke(parent context.Context, c *Credentials, why string) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(parent), revokeTimeout)
 	defer cancel()
 	if err := b.leaser.Revoke(ctx, c); err != nil {
-		b.tell(nil, slog.LevelWarn, EventLeaseRevokeFailed, "secret_id", b.secretID, "lease_id", c.LeaseID,
-			"user", c.Username, "reason", why, "error_kind", kindName(err), "error", err.Error())
+		b.tell(Event{Kind: KindLeaseRevokeFailed, LeaseID: c.LeaseID, User: c.Username, Reason: why, Err: err,
+			Outcome: ErrorClass(err)})
 		return
 	}
-	b.tell(func(s *counters) { s.leaseRevocations.Add(1) }, slog.LevelDebug, EventLeaseRevoked,
-		"secret_id", b.secretID, "lease_id", c.LeaseID, "user", c.Username, "reason", why)
+	b.tell(Event{Kind: KindLeaseRevoked, LeaseID: c.LeaseID, User: c.Username, Reason: why})
 }
 
 // revokeAll revokes every lease still held; the entry has closed and its
@@ -512,7 +507,7 @@ type leaseConn struct {
 	bt     driver.ConnBeginTx
 	book   *leaseBook
 	l      *lease
-	stats  *counters  // of the connector that made it
+	obs    *observers // of the connector that made it
 	owner  *Connector // closed with the connection (Driver.Open), or nil
 	mu     sync.Mutex
 	busy   atomic.Bool // in use: written under mu, read without it on the query path
@@ -520,13 +515,19 @@ type leaseConn struct {
 	once   sync.Once
 }
 
-func newLeaseConn(conn driver.Conn, b *leaseBook, l *lease, stats *counters) *leaseConn {
-	lc := &leaseConn{conn: conn, book: b, l: l, stats: stats}
+func newLeaseConn(conn driver.Conn, b *leaseBook, l *lease, obs *observers) *leaseConn {
+	lc := &leaseConn{conn: conn, book: b, l: l, obs: obs}
 	lc.q, _ = conn.(driver.QueryerContext)
 	lc.x, _ = conn.(driver.ExecerContext)
 	lc.p, _ = conn.(driver.ConnPrepareContext)
 	lc.bt, _ = conn.(driver.ConnBeginTx)
 	return lc
+}
+
+// retired tells the connection's connector that it retires it.
+func (lc *leaseConn) retired() {
+	lc.obs.emit(context.Background(), Event{Kind: KindConnRetired, SecretID: lc.book.secretID, LeaseID: lc.l.creds.LeaseID,
+		VersionID: lc.l.creds.VersionID, Expires: time.Unix(0, lc.l.retireAt.Load())})
 }
 
 func (lc *leaseConn) expired() bool { return time.Now().UnixNano() >= lc.l.retireAt.Load() }
@@ -540,7 +541,7 @@ func (lc *leaseConn) retireIdle() {
 	}
 	lc.closed = true
 	lc.mu.Unlock()
-	lc.stats.connsRetired.Add(1)
+	lc.retired()
 	_ = lc.conn.Close()
 	lc.once.Do(func() { lc.book.closed(lc) })
 }
@@ -560,7 +561,7 @@ func (lc *leaseConn) use() error {
 		return driver.ErrBadConn
 	}
 	if lc.expired() {
-		lc.stats.connsRetired.Add(1)
+		lc.retired()
 		return driver.ErrBadConn
 	}
 	lc.busy.Store(true)
@@ -577,7 +578,7 @@ func (lc *leaseConn) IsValid() bool {
 		return false
 	}
 	if lc.expired() {
-		lc.stats.connsRetired.Add(1)
+		lc.retired()
 		return false
 	}
 	if v, ok := lc.conn.(driver.Validator); ok {
@@ -595,7 +596,7 @@ func (lc *leaseConn) ResetSession(ctx context.Context) error {
 	}
 	if lc.expired() {
 		lc.mu.Unlock()
-		lc.stats.connsRetired.Add(1)
+		lc.retired()
 		return driver.ErrBadConn
 	}
 	lc.busy.Store(true)

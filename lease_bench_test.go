@@ -40,7 +40,7 @@ func BenchmarkLeaseConnQuery(b *testing.B) {
 	book := newLeaseBook("bench", nil, newLifetime())
 	l := &lease{conns: map[*leaseConn]struct{}{}}
 	l.retireAt.Store(time.Now().Add(time.Hour).UnixNano())
-	wrapped := newLeaseConn(raw, book, l, &counters{})
+	wrapped := newLeaseConn(raw, book, l, &observers{stats: &counters{}})
 
 	dest := make([]driver.Value, 1)
 	for _, bc := range []struct {

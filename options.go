@@ -13,6 +13,7 @@ type options struct {
 	client      SecretsManagerClient
 	provider    Provider
 	breakerOpen time.Duration
+	observers   []Observer
 }
 
 // DefaultBreakerOpen is how long the circuit breaker stays open before it

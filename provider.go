@@ -145,16 +145,19 @@ type Describer interface {
 // is shared instead.
 type ProviderFactory func(ctx context.Context, cfg *Config) (Provider, error)
 
-type loggerKey struct{}
+type observersKey struct{}
 
-// factoryLogger returns the logger of the connector a ProviderFactory is
-// building a provider for (WithLogger, else slog.Default()), for providers
-// that log (the file provider's warnings). ctx is the factory's.
-func factoryLogger(ctx context.Context) *slog.Logger {
-	if l, ok := ctx.Value(loggerKey{}).(*slog.Logger); ok && l != nil {
-		return l
+// factoryWarner returns how a provider built by a ProviderFactory reports
+// its configuration warnings (the file provider's): as KindWarning events
+// of the connector it was built for. ctx is the factory's.
+func factoryWarner(ctx context.Context, secretID string) func(msg string, attrs ...slog.Attr) {
+	o, _ := ctx.Value(observersKey{}).(*observers)
+	if o == nil {
+		o = &observers{log: slog.Default()}
 	}
-	return slog.Default()
+	return func(msg string, attrs ...slog.Attr) {
+		o.emit(context.Background(), Event{Kind: KindWarning, SecretID: secretID, Warning: msg, Attrs: attrs})
+	}
 }
 
 // DefaultProvider is the provider used when the DSN has no secret_provider.

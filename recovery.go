@@ -76,6 +76,7 @@ func (t *target) recover(ctx context.Context, cl client, f failure) (driver.Conn
 	// connection is closed here.
 	ch := make(chan recovered)
 	gone := make(chan struct{})
+	ectx := context.WithoutCancel(ctx) // for the recovery's events only
 	started := t.e.life.spawn(func() {
 		ran := false
 		v, err, _ := t.sf.Do("recover", func() (any, error) {
@@ -84,7 +85,7 @@ func (t *target) recover(ctx context.Context, cl client, f failure) (driver.Conn
 			t.progress.Store(&progress{f: f, started: time.Now()})
 			defer t.progress.Store(nil)
 			defer t.failing.Store(nil)
-			r, err := t.rounds(cl, f, oneRound)
+			r, err := t.rounds(ectx, cl, f, oneRound)
 			// Before failing is cleared: no caller may slip between the two.
 			switch {
 			case errors.Is(err, ErrAuthFailed):
@@ -145,21 +146,33 @@ type recovered struct {
 	tried []*Credentials // on failure: every credential the database rejected
 }
 
-func (t *target) rounds(cl client, f failure, oneRound bool) (recovered, error) {
-	cl.log.Info(EventAuthFailed, "secret_id", t.secretID(), "stage", f.creds.Stage, "version_id", f.creds.VersionID,
-		"user", f.creds.Username, "sqlstate", f.sqlstate)
+func (t *target) rounds(caller context.Context, cl client, f failure, oneRound bool) (r recovered, err error) {
+	caller = cl.obs.emit(caller, Event{Kind: KindRecoveryStart, SecretID: t.secretID(), Stage: f.creds.Stage,
+		VersionID: f.creds.VersionID, User: f.creds.Username, SQLState: f.sqlstate})
+	// The recovery belongs to the entry (it ends with it, or at its
+	// window), but its events belong to the caller that started it.
 	ctx, cancel := context.WithTimeout(t.e.life.ctx, cl.window)
 	defer cancel()
+	ctx = withValues{ctx, caller}
 	s := &search{t: t, cl: cl, ctx: ctx, start: time.Now(), failed: f.creds, tried: []*Credentials{f.creds},
 		state: f.sqlstate, loginErr: f.err}
+	defer func() {
+		e := Event{Kind: KindRecoveryEnd, SecretID: t.secretID(), Stage: f.creds.Stage, VersionID: f.creds.VersionID,
+			User: f.creds.Username, SQLState: s.state, Outcome: OutcomeOK, Err: err, Duration: time.Since(s.start),
+			Count: len(s.tried)}
+		if err != nil {
+			e.Outcome = OutcomeFailed
+		} else {
+			e.Stage, e.VersionID, e.User, e.SQLState = r.creds.Stage, r.creds.VersionID, r.creds.Username, ""
+		}
+		cl.obs.emit(caller, e)
+	}()
 	for round := 1; ; round++ {
 		cr, done, err := s.round()
 		if done {
 			if err != nil {
 				return recovered{}, err
 			}
-			cl.log.Info(EventRecovered, "secret_id", t.secretID(), "stage", cr.Stage, "version_id", cr.VersionID,
-				"user", cr.Username, "took", time.Since(s.start).Round(time.Millisecond))
 			return recovered{creds: cr, conn: s.probe}, nil
 		}
 		if oneRound || !pause(ctx, backoff(recoveryStepBase, recoveryStepMax, round)) {
@@ -167,6 +180,21 @@ func (t *target) rounds(cl client, f failure, oneRound bool) (recovered, error) 
 		}
 	}
 	return recovered{tried: s.tried}, s.giveUp(oneRound)
+}
+
+// withValues is a context that ends with its own parent and carries the
+// values of another: work that belongs to the entry, reported as part of
+// the call that started it.
+type withValues struct {
+	context.Context
+	vals context.Context
+}
+
+func (w withValues) Value(key any) any {
+	if v := w.vals.Value(key); v != nil {
+		return v
+	}
+	return w.Context.Value(key)
 }
 
 // pause waits d unless ctx ends first, or would end before d has passed;
@@ -218,13 +246,19 @@ func (s *search) report() {
 // try logs in with cr; done reports whether the recovery is over (with
 // success, or an error other than a rejection).
 func (s *search) try(cr *Credentials) (done bool, err error) {
+	lctx := s.cl.obs.emit(s.ctx, Event{Kind: KindLoginStart, SecretID: s.t.secretID(), Stage: cr.Stage, VersionID: cr.VersionID})
+	start := time.Now()
 	conn, err := s.cl.dial(s.ctx, cr)
+	st, rejected := authFailure(err)
+	e := loginEnd(s.t.secretID(), cr, err, rejected, st, time.Since(start))
+	e.Recovery = true
+	s.cl.obs.emit(lctx, e)
 	if err == nil {
 		s.probe = conn
 		s.t.verified.Store(cr)
 		return true, nil
 	}
-	if st, ok := authFailure(err); ok {
+	if rejected {
 		s.tried = append(s.tried, cr)
 		s.state, s.loginErr = st, err
 		s.report()
@@ -268,8 +302,8 @@ func (s *search) round() (found *Credentials, done bool, err error) {
 			done, err := s.try(pend)
 			if done && err == nil {
 				e.cache.setPending(pend)
-				s.cl.log.Info(EventUsingPending, "secret_id", s.t.secretID(), "version_id", pend.VersionID,
-					"user", pend.Username)
+				s.cl.obs.emit(s.ctx, Event{Kind: KindPendingInUse, SecretID: s.t.secretID(), Stage: pend.Stage,
+					VersionID: pend.VersionID, User: pend.Username})
 			}
 			if done {
 				return pend, true, err
@@ -293,9 +327,6 @@ func (s *search) giveUp(oneRound bool) error {
 		// finding any. Say so, and keep the breaker out of it.
 		cause = errors.Join(s.loginErr, s.storeErr)
 	}
-	s.cl.log.Warn(EventRecoveryFailed, "secret_id", t.secretID(), "stage", failed.Stage, "version_id", failed.VersionID,
-		"user", failed.Username, "sqlstate", s.state, "took", time.Since(s.start).Round(time.Millisecond),
-		"credentials_tried", len(s.tried))
 	read := "fetching the secret again"
 	if store.pendingStage != "" {
 		read = fmt.Sprintf("fetching the secret again (%s and %s)", store.stage, store.pendingStage)

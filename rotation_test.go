@@ -585,3 +585,42 @@ func TestNonAuthFailuresNoRefresh(t *testing.T) {
 		})
 	})
 }
+
+// A store that throttles (its request quota spent by the fleet): cached
+// credentials keep serving without a failed query, the calls are counted
+// as throttled, not as an outage of another kind, and the error names the
+// refused request.
+func TestStoreThrottled(t *testing.T) {
+	r := newRig(t)
+	rec := &recorder{}
+	db, c := r.openC(r.kv("secret_ttl=1s"), pgsecrets.WithObserver(rec))
+	rotationPool(db)
+	l := startLoad(t, db, 8)
+	l.waitQueries(t, 100)
+
+	remove := r.sm.Inject("GetSecretValue", smtest.Fault{Kind: smtest.Throttle})
+	eventually(t, "two throttled store calls", func() bool { return c.Stats().StoreThrottled >= 2 })
+	_, err := c.Refresh(context.Background())
+	remove()
+	var se *pgsecrets.SecretError
+	if !errors.Is(err, pgsecrets.ErrThrottled) || !errors.Is(err, pgsecrets.ErrStoreUnavailable) || !errors.As(err, &se) ||
+		se.RequestID == "" || !strings.Contains(err.Error(), "quota") {
+		t.Errorf("Refresh while throttled: %v", err)
+	}
+	l.waitQueries(t, 100)
+	l.assertNoFailures(t)
+
+	throttled := 0
+	ev, _ := rec.take()
+	for _, e := range ev {
+		if e.Kind == pgsecrets.KindStoreCallEnd && e.Outcome == "throttled" {
+			throttled++
+		}
+	}
+	if st := c.Stats(); throttled == 0 || int64(throttled) != st.StoreThrottled || st.StaleServes == 0 {
+		t.Errorf("%d throttled store_call.end events; stats %+v", throttled, st)
+	}
+	if !strings.Contains(r.logs.String(), `error_kind="secret store throttled the request"`) {
+		t.Error("no log line says the store throttled")
+	}
+}

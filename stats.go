@@ -12,6 +12,9 @@ import (
 type Stats struct {
 	// StoreCalls is the number of requests to the secret store.
 	StoreCalls int64
+	// StoreThrottled is the number of store calls the store refused for
+	// its request quota (ErrThrottled), each after the SDK's own retries.
+	StoreThrottled int64
 	// CacheHits is the number of connections that got credentials from
 	// the cache without waiting for the store.
 	CacheHits int64
@@ -76,6 +79,7 @@ func (c *Connector) Stats() Stats {
 func (c *Connector) snapshot() Stats {
 	s := Stats{
 		StoreCalls:     c.stats.storeCalls.Load(),
+		StoreThrottled: c.stats.storeThrottled.Load(),
 		CacheHits:      c.stats.cacheHits.Load(),
 		StoreWaits:     c.stats.storeWaits.Load(),
 		StaleServes:    c.stats.staleServes.Load(),

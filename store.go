@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"math/rand/v2"
 	"sync"
 	"time"
@@ -26,6 +25,9 @@ const (
 	// average).
 	backoffBase = 500 * time.Millisecond
 	backoffMax  = 1600 * time.Millisecond
+	// throttleBase and throttleMax replace them after a throttled call.
+	throttleBase = 2 * time.Second
+	throttleMax  = 30 * time.Second
 	// storeTimeout bounds one store call, hedges included (fetches run
 	// detached from callers, so the callers' deadlines do not).
 	storeTimeout = 10 * time.Second
@@ -166,7 +168,7 @@ func (s *store) refresh(now time.Time, pol policy) {
 	s.refreshing = true
 	s.mu.Unlock()
 	started := s.life.spawn(func() {
-		_, _, _ = s.sf.Do(s.stage, func() (any, error) { return s.call(s.stage, pol, anyGen) })
+		_, _, _ = s.sf.Do(s.stage, func() (any, error) { return s.call(context.Background(), s.stage, pol, anyGen) })
 		s.mu.Lock()
 		s.refreshing = false
 		s.mu.Unlock()
@@ -198,7 +200,7 @@ func (s *store) fetch(ctx context.Context, stage string, pol policy, cached func
 	}
 	ch := make(chan fetchResult, 1)
 	started := s.life.spawn(func() {
-		v, err, _ := s.sf.Do(stage, func() (any, error) { return s.call(stage, pol, cached) })
+		v, err, _ := s.sf.Do(stage, func() (any, error) { return s.call(ctx, stage, pol, cached) })
 		c, _ := v.(*Credentials)
 		ch <- fetchResult{c, err}
 	})
@@ -237,8 +239,10 @@ func (s *store) waitError(ctx context.Context, stage string, since time.Time) er
 	return se
 }
 
-// call paces and performs one store call and records its outcome.
-func (s *store) call(stage string, pol policy, cached func() *Credentials) (*Credentials, error) {
+// call paces and performs one store call and records its outcome. ctx is
+// the caller's that started it, for its events only: the call itself
+// belongs to the entry, and serves every caller that joins it.
+func (s *store) call(ctx context.Context, stage string, pol policy, cached func() *Credentials) (*Credentials, error) {
 	if cached != nil && stage == s.stage {
 		if c := cached(); c != nil {
 			return c, nil
@@ -262,7 +266,9 @@ func (s *store) call(stage string, pol policy, cached func() *Credentials) (*Cre
 	s.calling[stage] = start
 	s.mu.Unlock()
 
-	creds, took, err := s.hedged(stage, pol)
+	ectx := pol.obs.emit(context.WithoutCancel(ctx), Event{Kind: KindStoreCallStart, SecretID: s.secretID, Stage: stage})
+	creds, took, sent, err := s.hedged(stage)
+	end := Event{Kind: KindStoreCallEnd, SecretID: s.secretID, Stage: stage, Duration: took, Count: sent}
 
 	if err != nil && s.life.ctx.Err() != nil {
 		// Cut short by the last Close, whichever way the request ended:
@@ -270,24 +276,28 @@ func (s *store) call(stage string, pol policy, cached func() *Credentials) (*Cre
 		s.mu.Lock()
 		delete(s.calling, stage)
 		s.mu.Unlock()
-		return nil, &SecretError{Kind: ErrClosed, SecretID: s.secretID, Stage: stage}
+		err = &SecretError{Kind: ErrClosed, SecretID: s.secretID, Stage: stage}
+		end.Err, end.Outcome = err, ErrorClass(err)
+		pol.obs.emit(ectx, end)
+		return nil, err
 	}
 	if err != nil {
-		return nil, s.failed(stage, err, took, pol)
+		return nil, s.failed(ectx, end, err, pol)
 	}
 	if creds.Stage == "" {
 		creds.Stage = stage
 	}
-	pol.log.Debug(EventFetched, "secret_id", s.secretID, "stage", stage, "version_id", creds.VersionID,
-		"duration", took.Round(time.Microsecond))
+	end.Outcome, end.VersionID = OutcomeOK, creds.VersionID
+	pol.obs.emit(ectx, end)
 
 	s.mu.Lock()
 	delete(s.calling, stage)
-	if s.outage {
-		pol.log.Info(EventStoreRecovered, "secret_id", s.secretID, "failed_calls", s.failures)
-	}
+	outage, failures := s.outage, s.failures
 	s.failures, s.nextCall, s.outage, s.lastErr = 0, time.Time{}, false, nil
 	s.mu.Unlock()
+	if outage {
+		pol.obs.emit(ectx, Event{Kind: KindStoreRecovered, SecretID: s.secretID, Stage: stage, Count: failures})
+	}
 	if stage == s.stage {
 		s.sink.fetched(creds, pol)
 	}
@@ -295,12 +305,12 @@ func (s *store) call(stage string, pol policy, cached func() *Credentials) (*Cre
 }
 
 // failed records a failed call and returns its error, a *SecretError.
-func (s *store) failed(stage string, err error, took time.Duration, pol policy) error {
+func (s *store) failed(ctx context.Context, end Event, err error, pol policy) error {
+	stage := end.Stage
 	var se *SecretError
 	if !errors.As(err, &se) {
 		err = &SecretError{Kind: ErrStoreUnavailable, SecretID: s.secretID, Stage: stage, Err: err}
 	}
-	lvl := slog.LevelWarn
 	unavailable := errors.Is(err, ErrStoreUnavailable)
 	s.mu.Lock()
 	delete(s.calling, stage)
@@ -310,26 +320,32 @@ func (s *store) failed(stage string, err error, took time.Duration, pol policy) 
 	warn := false
 	if unavailable {
 		s.failures++
-		s.nextCall = time.Now().Add(backoff(backoffBase, backoffMax, s.failures))
-		// One warning per outage; each failed call is a debug line.
+		if errors.Is(err, ErrThrottled) {
+			// A quota shared by a fleet: back off longer, and spread
+			// widely, so that processes throttled together do not come
+			// back together.
+			s.nextCall = time.Now().Add(spread(backoff(throttleBase, throttleMax, s.failures)))
+		} else {
+			s.nextCall = time.Now().Add(backoff(backoffBase, backoffMax, s.failures))
+		}
+		// One event per outage; each failed call is only a call.
 		warn, s.outage = !s.outage, true
-		lvl = slog.LevelDebug
 	}
 	s.mu.Unlock()
 	if warn {
-		version, ok := s.sink.cached()
-		pol.log.Warn(EventStoreUnavailable, "secret_id", s.secretID, "stage", stage,
-			"cached_version_id", version, "serving_cached", ok)
+		version, _ := s.sink.cached()
+		pol.obs.emit(ctx, Event{Kind: KindStoreUnavailable, SecretID: s.secretID, Stage: stage, VersionID: version,
+			Outcome: ErrorClass(err)})
 	}
-	if stage == s.pendingStage && errors.Is(err, ErrSecretNotFound) {
-		lvl = slog.LevelDebug // no rotation in progress: the usual case
-	}
-	pol.log.Log(context.Background(), lvl, EventFetchFailed, "secret_id", s.secretID, "stage", stage,
-		"error_kind", kindName(err), "duration", took.Round(time.Microsecond))
+	end.Err, end.Outcome = err, ErrorClass(err)
+	pol.obs.emit(ctx, end)
 	return err
 }
 
-func (s *store) hedged(stage string, pol policy) (*Credentials, time.Duration, error) {
+// hedged sends the call's requests (a second one beside a slow first)
+// and returns the first answer, how long it took and how many requests
+// were sent.
+func (s *store) hedged(stage string) (*Credentials, time.Duration, int, error) {
 	ctx, cancel := context.WithTimeout(s.life.ctx, storeTimeout)
 	defer cancel()
 	type request struct {
@@ -366,7 +382,6 @@ func (s *store) hedged(stage string, pol policy) (*Credentials, time.Duration, e
 		r := &request{cancel: rcancel}
 		live = append(live, r)
 		sent++
-		pol.stats.storeCalls.Add(1)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -415,7 +430,7 @@ func (s *store) hedged(stage string, pol policy) (*Credentials, time.Duration, e
 					}
 					s.mu.Unlock()
 				}
-				return a.creds, a.took, a.err
+				return a.creds, a.took, sent, a.err
 			}
 			if want {
 				if want = !send(); !want {
@@ -437,13 +452,19 @@ func (s *store) hedged(stage string, pol policy) (*Credentials, time.Duration, e
 			}
 		case <-ctx.Done():
 			if s.life.ctx.Err() != nil {
-				return nil, 0, &SecretError{Kind: ErrClosed, SecretID: s.secretID, Stage: stage}
+				return nil, 0, sent, &SecretError{Kind: ErrClosed, SecretID: s.secretID, Stage: stage}
 			}
-			return nil, storeTimeout, &SecretError{Kind: ErrStoreUnavailable, SecretID: s.secretID, Stage: stage,
+			return nil, storeTimeout, sent, &SecretError{Kind: ErrStoreUnavailable, SecretID: s.secretID, Stage: stage,
 				Detail: fmt.Sprintf("the store did not answer within %s (%d requests)", storeTimeout, sent),
 				Hint:   "check network access to the store's endpoint; cached credentials are used meanwhile where available"}
 		}
 	}
+}
+
+// spread jitters d over [d/2, 3d/2): wider than backoff's own ±20%, for
+// retries that a whole fleet makes after the same event.
+func spread(d time.Duration) time.Duration {
+	return d/2 + time.Duration(rand.Int64N(int64(d)+1))
 }
 
 // backoff returns base·2^(n-1), capped at max, jittered by ±20%.
@@ -465,7 +486,7 @@ func later(a, b time.Time) time.Time {
 
 // kindName names the sentinel an error wraps, for logs.
 func kindName(err error) string {
-	for _, k := range []error{ErrSecretNotFound, ErrAccessDenied, ErrMalformedSecret, ErrStoreUnavailable,
+	for _, k := range []error{ErrSecretNotFound, ErrAccessDenied, ErrMalformedSecret, ErrThrottled, ErrStoreUnavailable,
 		ErrAuthFailed, ErrCircuitOpen, ErrConnect, ErrClosed, context.Canceled, context.DeadlineExceeded} {
 		if errors.Is(err, k) {
 			return k.Error()

@@ -5,7 +5,6 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
-	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -49,6 +48,8 @@ type client struct {
 	// dial logs in with creds: the engine's error as it is for a rejected
 	// login, a *SecretError for anything else.
 	dial func(ctx context.Context, creds *Credentials) (driver.Conn, error)
+	// host and port name the database server in connect events.
+	host, port string
 }
 
 // maxUnverifiedLogins bounds the concurrent logins with credentials that
@@ -60,7 +61,7 @@ const maxUnverifiedLogins = 4
 // recovery found are rejected again at once (two rotations in a row).
 const maxRecoveries = 3
 
-func (e *entry) target(key string, openFor time.Duration, log *slog.Logger) *target {
+func (e *entry) target(key string, openFor time.Duration) *target {
 	if t, ok := e.targets.Load(key); ok {
 		return t.(*target)
 	}
@@ -90,9 +91,9 @@ func (e *entry) target(key string, openFor time.Duration, log *slog.Logger) *tar
 				if from == gobreaker.StateClosed {
 					t.opens.Add(1)
 				}
-				log.Warn(EventBreakerOpen, "secret_id", secretID, "sqlstate", t.lastState.Load(), "open_for", openFor)
+				e.leases.tell(Event{Kind: KindBreakerOpen, SQLState: t.lastState.Load().(string), Duration: openFor})
 			case gobreaker.StateClosed:
-				log.Info(EventBreakerClosed, "secret_id", secretID)
+				e.leases.tell(Event{Kind: KindBreakerClosed})
 			}
 		},
 	})
@@ -109,13 +110,19 @@ func (t *target) secretID() string { return t.e.store.secretID }
 // times. The first login of a run asks the breaker, which hears the run's
 // outcome. call's other errors come back as they are.
 func (t *target) run(ctx context.Context, cl client, call func(ctx context.Context, a *attempt) error) (err error) {
+	start := time.Now()
+	ctx = cl.obs.emit(ctx, Event{Kind: KindConnectStart, SecretID: t.secretID(), Host: cl.host, Port: cl.port})
 	r := &runState{}
+	recoveries := 0
 	defer func() {
 		if r.done != nil {
 			r.done(err)
 		}
+		cl.obs.emit(ctx, Event{Kind: KindConnectEnd, SecretID: t.secretID(), Host: cl.host, Port: cl.port, Err: err,
+			Outcome: ErrorClass(err), Duration: time.Since(start), Count: recoveries})
 	}()
 	for i := 0; ; i++ {
+		recoveries = i
 		a := &attempt{runState: r}
 		err := call(context.WithValue(ctx, attemptKey{}, a), a)
 		if r.handoff != nil { // a recovered connection this caller cannot use
@@ -124,6 +131,9 @@ func (t *target) run(ctx context.Context, cl client, call func(ctx context.Conte
 		}
 		creds, release, known := a.seal()
 		state, rejected := authFailure(err)
+		if creds != nil && !known {
+			a.ended(cl, t.secretID(), err, rejected, state)
+		}
 		var se *SecretError
 		rejected = rejected && (creds != nil || !errors.As(err, &se))
 		if release != nil {
@@ -140,9 +150,6 @@ func (t *target) run(ctx context.Context, cl client, call func(ctx context.Conte
 				t.verified.Store(creds)
 				t.rejected.Store(nil)
 			}
-			if i > 0 {
-				cl.stats.recovered.Add(1)
-			}
 			return nil
 		}
 		if !rejected {
@@ -156,9 +163,6 @@ func (t *target) run(ctx context.Context, cl client, call func(ctx context.Conte
 				return gerr
 			}
 		}
-		if !known {
-			cl.stats.authFailures.Add(1)
-		}
 		if i == maxRecoveries {
 			return &SecretError{Kind: ErrAuthFailed, SecretID: t.secretID(), Stage: creds.Stage, VersionID: creds.VersionID,
 				SQLState: state, Err: err,
@@ -167,8 +171,7 @@ func (t *target) run(ctx context.Context, cl client, call func(ctx context.Conte
 		if t.cb.State() == gobreaker.StateOpen {
 			// A recovery for the same target failed while this caller was
 			// logging in: its answer stands for the breaker's interval.
-			cl.stats.breakerRejects.Add(1)
-			return t.openError()
+			return t.rejectOpen(ctx, cl)
 		}
 		conn, err := t.recover(ctx, cl, failure{creds: creds, sqlstate: state, err: err})
 		if err != nil {
@@ -201,6 +204,45 @@ type attempt struct {
 	creds   *Credentials
 	release func()
 	known   bool
+	// The login's events: its context (the observers' for the start) and
+	// when it started.
+	loginCtx   context.Context
+	loginStart time.Time
+}
+
+// started emits the start of the attempt's login with creds.
+func (a *attempt) started(ctx context.Context, cl client, secretID string, creds *Credentials) {
+	lctx := cl.obs.emit(ctx, Event{Kind: KindLoginStart, SecretID: secretID, Stage: creds.Stage, VersionID: creds.VersionID})
+	a.mu.Lock()
+	a.loginCtx, a.loginStart = lctx, time.Now()
+	a.mu.Unlock()
+}
+
+// ended emits the end of the attempt's login; err is the call's.
+func (a *attempt) ended(cl client, secretID string, err error, rejected bool, state string) {
+	a.mu.Lock()
+	ctx, start, creds := a.loginCtx, a.loginStart, a.creds
+	a.mu.Unlock()
+	if ctx == nil {
+		return // the attempt's login never started (sealed before)
+	}
+	cl.obs.emit(ctx, loginEnd(secretID, creds, err, rejected, state, time.Since(start)))
+}
+
+// loginEnd is the event of a login with creds that ended with err.
+func loginEnd(secretID string, creds *Credentials, err error, rejected bool, state string, took time.Duration) Event {
+	e := Event{Kind: KindLoginEnd, SecretID: secretID, Stage: creds.Stage, VersionID: creds.VersionID, User: creds.Username,
+		Outcome: OutcomeOK, SQLState: state, Duration: took}
+	switch {
+	case rejected:
+		e.Outcome, e.Err = OutcomeRejected, err
+	case err != nil:
+		e.Outcome, e.Err = OutcomeFailed, err
+		if e.SQLState == "" {
+			e.SQLState = sqlState(err)
+		}
+	}
+	return e
 }
 
 // seal ends the attempt and returns what its login used.
@@ -220,7 +262,7 @@ func (a *attempt) loginCreds() *Credentials {
 
 // begin prepares a login of the attempt: the first login of a run asks
 // the breaker. ok is false for a sealed attempt.
-func (a *attempt) begin(t *target, cl client) (probe, ok bool, err error) {
+func (a *attempt) begin(ctx context.Context, t *target, cl client) (probe, ok bool, err error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.sealed {
@@ -232,8 +274,7 @@ func (a *attempt) begin(t *target, cl client) (probe, ok bool, err error) {
 		probe := t.cb.State() == gobreaker.StateHalfOpen
 		done, err := t.cb.Allow()
 		if err != nil {
-			cl.stats.breakerRejects.Add(1)
-			return false, true, t.openError()
+			return false, true, t.rejectOpen(ctx, cl)
 		}
 		a.done, a.probe = done, probe
 	}
@@ -282,15 +323,14 @@ func (t *target) credentials(ctx context.Context, cl client, a *attempt) (*Crede
 	if a != nil {
 		var ok bool
 		var err error
-		if probe, ok, err = a.begin(t, cl); err != nil {
+		if probe, ok, err = a.begin(ctx, t, cl); err != nil {
 			return nil, err
 		} else if !ok {
 			a = nil
 		}
 	}
 	if a == nil && t.cb.State() == gobreaker.StateOpen {
-		cl.stats.breakerRejects.Add(1)
-		return nil, t.openError()
+		return nil, t.rejectOpen(ctx, cl)
 	}
 	creds, err := t.e.get(ctx, cl.policy)
 	if err != nil {
@@ -312,7 +352,15 @@ func (t *target) credentials(ctx context.Context, cl client, a *attempt) (*Crede
 		return nil, err // ctx ended, or a failed recovery's answer (the breaker opens on it)
 	}
 	a.got(creds, release, false)
+	a.started(ctx, cl, t.secretID(), creds)
 	return creds, nil
+}
+
+// rejectOpen is the breaker's fast failure of a call, counted.
+func (t *target) rejectOpen(ctx context.Context, cl client) error {
+	err := t.openError()
+	cl.obs.emit(ctx, Event{Kind: KindBreakerRejected, SecretID: t.secretID(), Err: err, Outcome: ErrorClass(err)})
+	return err
 }
 
 // loginSlot waits, for credentials that have not logged in yet, for one of

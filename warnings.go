@@ -1,6 +1,8 @@
 package pgsecrets
 
 import (
+	"context"
+	"log/slog"
 	"net/netip"
 	"net/url"
 	"os"
@@ -14,16 +16,22 @@ type warnings struct {
 	weakSSL, userMismatch, overridden atomic.Bool
 }
 
+// warn emits a configuration warning of the connector; attrs are its
+// details, never a value of the secret's.
+func (c *Connector) warn(msg string, attrs ...slog.Attr) {
+	c.cl.obs.emit(context.Background(), Event{Kind: KindWarning, SecretID: c.cfg.SecretID, Warning: msg, Attrs: attrs})
+}
+
 // warnAtOpen checks what the DSN alone tells.
 func (c *Connector) warnAtOpen() {
 	if !c.cfg.Password.IsZero() {
-		c.log.Warn(EventDSNPassword, "secret_id", c.cfg.SecretID)
+		c.warn(EventDSNPassword)
 	}
 	if os.Getenv("PQGO_DEBUG") == "1" {
-		c.log.Warn(EventLibPQDebug, "secret_id", c.cfg.SecretID)
+		c.warn(EventLibPQDebug)
 	}
 	if c.cfg.TTL > c.cfg.MaxStale {
-		c.log.Warn(EventTTLOverMaxStale, "secret_id", c.cfg.SecretID, "ttl", c.cfg.TTL, "max_stale", c.cfg.MaxStale)
+		c.warn(EventTTLOverMaxStale, slog.Duration("ttl", c.cfg.TTL), slog.Duration("max_stale", c.cfg.MaxStale))
 	}
 	if ep, ok := c.entry.store.provider.(Endpointer); ok {
 		c.warnEndpoint(ep.StoreEndpoint())
@@ -77,7 +85,7 @@ func (c *Connector) warnEndpoint(ep StoreEndpoint) {
 	default:
 		return
 	}
-	c.log.Warn(EventUnprotectedStore, "secret_id", c.cfg.SecretID, "store", ep.Store, "host", u.Host, "reason", reason)
+	c.warn(EventUnprotectedStore, slog.String("store", ep.Store), slog.String("host", u.Host), slog.String("reason", reason))
 }
 
 // loopbackHost reports whether a URL's host is literally a loopback name or
@@ -101,7 +109,7 @@ func (c *Connector) warnAtConnect(creds *Credentials) {
 		for _, h := range hosts {
 			if !localHost(h) {
 				if c.warned.weakSSL.CompareAndSwap(false, true) {
-					c.log.Warn(EventWeakSSLMode, "secret_id", c.cfg.SecretID, "sslmode", c.srv.sslmode)
+					c.warn(EventWeakSSLMode, slog.String("sslmode", c.srv.sslmode))
 				}
 				break
 			}
@@ -109,13 +117,13 @@ func (c *Connector) warnAtConnect(creds *Credentials) {
 	}
 	if !c.warned.userMismatch.Load() {
 		if u, ok := c.cfg.param("user"); ok && u != creds.Username && c.warned.userMismatch.CompareAndSwap(false, true) {
-			c.log.Warn(EventUserMismatch, "secret_id", c.cfg.SecretID)
+			c.warn(EventUserMismatch)
 		}
 	}
 	if !c.warned.overridden.Load() {
 		if (c.srv.hostSet && creds.Host != "") || (c.srv.portSet && creds.Port != 0) || (c.srv.dbSet && creds.DBName != "") {
 			if c.warned.overridden.CompareAndSwap(false, true) {
-				c.log.Debug(EventSecretFieldOverridden, "secret_id", c.cfg.SecretID)
+				c.warn(EventSecretFieldOverridden)
 			}
 		}
 	}

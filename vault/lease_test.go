@@ -214,3 +214,27 @@ func TestVaultDownPastLeaseFailsFast(t *testing.T) {
 	}
 	r.noSecret(err)
 }
+
+// Vault's rate limit quota (HTTP 429) is ErrThrottled, a kind of
+// ErrStoreUnavailable: the lease in use keeps serving.
+func TestVaultRateLimitedIsThrottled(t *testing.T) {
+	r := newVRig(t)
+	r.vs.AddDatabaseRole("database", "app", vaulttest.DatabaseRole{DB: r.pg.DB(), TTL: time.Minute, MaxTTL: time.Hour})
+	db, c := r.open(r.dsn("database/creds/app", ""))
+	if err := db.Ping(); err != nil {
+		t.Fatal(err)
+	}
+	remove := r.vs.Inject(vaulttest.OpAny, vaulttest.Fault{Kind: vaulttest.FaultError, Status: 429})
+	defer remove()
+	_, err := c.Refresh(context.Background())
+	if !errors.Is(err, pgsecrets.ErrThrottled) || !errors.Is(err, pgsecrets.ErrStoreUnavailable) || !strings.Contains(err.Error(), "rate limit") {
+		t.Errorf("Refresh while Vault answers 429: %v", err)
+	}
+	if st := c.Stats(); st.StoreThrottled != 1 {
+		t.Errorf("StoreThrottled = %d, want 1", st.StoreThrottled)
+	}
+	db.SetMaxIdleConns(0)
+	if err := db.Ping(); err != nil {
+		t.Errorf("a new connection while throttled: %v", err)
+	}
+}

@@ -688,7 +688,10 @@ func (p *provider) classify(doing string, err error) error {
 	case re.StatusCode == http.StatusBadRequest:
 		se.Kind = pgsecrets.ErrSecretNotFound
 		se.Hint = "Vault refused the request: the role or lease does not exist, or the request is malformed"
-	case re.StatusCode == http.StatusTooManyRequests || re.StatusCode >= 500:
+	case re.StatusCode == http.StatusTooManyRequests:
+		se.Kind = pgsecrets.ErrThrottled
+		se.Hint = "Vault's rate limit quota refused the request (sys/quotas/rate-limit): raise the quota or secret_ttl; leases still valid keep serving meanwhile"
+	case re.StatusCode >= 500:
 		se.Kind = pgsecrets.ErrStoreUnavailable
 		se.Hint = "Vault is failing or sealed; leases still valid keep serving meanwhile"
 	default:
