@@ -10,6 +10,8 @@ import (
 	"log"
 	"log/slog"
 	"os"
+	"strings"
+	"sync"
 
 	"github.com/lib/pq"
 	"github.com/pgsecrets/pgsecrets"
@@ -125,6 +127,36 @@ func ExampleConnector_Stats() {
 	}
 	fmt.Println("store calls:", st.StoreCalls, "breaker:", st.BreakerState)
 	// Output: store calls: 1 breaker: closed
+}
+
+// Watch the event stream: here, every login and how it ended. A tracer or
+// a metrics exporter is such an observer (see the telemetry module).
+func ExampleWithObserver() {
+	dsn, _, cleanup := exampleWorld("observed_app")
+	defer cleanup()
+
+	var mu sync.Mutex
+	var seen []string
+	watch := pgsecrets.ObserverFunc(func(ctx context.Context, e pgsecrets.Event) context.Context {
+		if e.Kind == pgsecrets.KindLoginEnd || e.Kind == pgsecrets.KindServed {
+			mu.Lock()
+			seen = append(seen, e.Kind.String()+" "+e.Outcome)
+			mu.Unlock()
+		}
+		return ctx
+	})
+	db, err := pgsecrets.Open(dsn, pgsecrets.WithObserver(watch))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer db.Close()
+	if err := db.Ping(); err != nil {
+		log.Fatal(err)
+	}
+	mu.Lock()
+	fmt.Println(strings.Join(seen, "; "))
+	mu.Unlock()
+	// Output: served waited; login.end ok
 }
 
 // ParseDSN splits the secret_* keys from what lib/pq gets; a parsed DSN
