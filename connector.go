@@ -3,6 +3,7 @@ package pgsecrets
 import (
 	"context"
 	"database/sql/driver"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -241,7 +242,16 @@ func (c *Connector) dial(ctx context.Context, creds *Credentials) (driver.Conn, 
 		if err != nil {
 			c.entry.leases.failed(l)
 		} else {
-			conn = c.entry.leases.opened(l, conn, c.cl.obs)
+			lc := c.entry.leases.opened(l, conn, c.cl.obs)
+			if lc.expired() {
+				// A slow login near the lease's end: database/sql would be
+				// refused this connection at its first use.
+				_ = lc.Close()
+				return nil, &SecretError{Kind: ErrConnect, SecretID: c.cfg.SecretID, Stage: creds.Stage, VersionID: creds.VersionID,
+					Err: errLeaseEndedInLogin, Detail: "the login succeeded, but the lease it used reached its end meanwhile (the login took longer than secret_expiry_margin)",
+					Hint: "raise secret_expiry_margin above the time a login takes, or the lease TTL"}
+			}
+			conn = lc
 		}
 	}
 	if err != nil {
@@ -252,6 +262,10 @@ func (c *Connector) dial(ctx context.Context, creds *Credentials) (driver.Conn, 
 	}
 	return conn, nil
 }
+
+// errLeaseEndedInLogin is dial's answer for a connection whose lease
+// reached its retirement while the login ran; run logs in again.
+var errLeaseEndedInLogin = errors.New("the lease ended while the login ran")
 
 // loginError is the error for a login that failed other than by a
 // rejection of creds: ErrConnect wrapping the engine's error, or, if ctx

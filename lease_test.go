@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -329,5 +330,49 @@ func TestLeaseConnParkedByOpenerRetires(t *testing.T) {
 	}
 	if st := c.Stats(); st.ConnsRetired == 0 {
 		t.Errorf("the parked connection was not counted as retired: %+v", st)
+	}
+}
+
+// shortFirstLease hands out a first lease that ends right after its
+// fetch (less than a login takes, beyond the margin), then hour-long ones.
+type shortFirstLease struct {
+	leaseProvider
+	margin time.Duration
+}
+
+func (p *shortFirstLease) Fetch(ctx context.Context, stage string) (*pgsecrets.Credentials, error) {
+	c, _ := p.leaseProvider.Fetch(ctx, stage)
+	if c.VersionID == "1" {
+		c.Expires = time.Now().Add(p.margin + time.Millisecond)
+	}
+	return c, nil
+}
+
+// A lease that reaches its retirement while a login with it runs does not
+// become a connection database/sql would be refused at first use: the
+// login is made again with the lease that replaces it, inside the call.
+func TestLeaseEndedDuringLoginLogsInAgain(t *testing.T) {
+	r := newRig(t)
+	p := &shortFirstLease{leaseProvider: leaseProvider{user: r.role, password: r.password, life: time.Hour}, margin: time.Second}
+	rec := &recorder{}
+	db, c := r.openC(r.kv("secret_expiry_margin=1s"), pgsecrets.WithProvider(p), pgsecrets.WithObserver(rec))
+	if err := db.Ping(); err != nil {
+		t.Fatalf("Ping: %v", err)
+	}
+	if n := p.fetches.Load(); n != 2 {
+		t.Errorf("%d fetches, want 2 (the short lease, then its replacement)", n)
+	}
+	ev, _ := rec.take()
+	var outcomes []string
+	for _, e := range ev {
+		if e.Kind == pgsecrets.KindLoginEnd {
+			outcomes = append(outcomes, e.VersionID+":"+e.Outcome)
+		}
+	}
+	if !slices.Equal(outcomes, []string{"1:failed", "2:ok"}) {
+		t.Errorf("logins %v, want the short lease's discarded, then the next one's", outcomes)
+	}
+	if st := c.Stats(); st.VersionID != "2" || st.AuthFailures != 0 {
+		t.Errorf("stats %+v", st)
 	}
 }

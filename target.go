@@ -121,8 +121,7 @@ func (t *target) run(ctx context.Context, cl client, call func(ctx context.Conte
 		cl.obs.emit(ctx, Event{Kind: KindConnectEnd, SecretID: t.secretID(), Host: cl.host, Port: cl.port, Err: err,
 			Outcome: ErrorClass(err), Duration: time.Since(start), Count: recoveries})
 	}()
-	for i := 0; ; i++ {
-		recoveries = i
+	for i, outlived := 0, 0; ; i++ {
 		a := &attempt{runState: r}
 		err := call(context.WithValue(ctx, attemptKey{}, a), a)
 		if r.handoff != nil { // a recovered connection this caller cannot use
@@ -152,6 +151,13 @@ func (t *target) run(ctx context.Context, cl client, call func(ctx context.Conte
 			}
 			return nil
 		}
+		if errors.Is(err, errLeaseEndedInLogin) && outlived < maxRecoveries {
+			// The connection was made, but its lease reached its end
+			// meanwhile: log in again, with the lease that replaces it.
+			outlived++
+			i--
+			continue
+		}
 		if !rejected {
 			return err
 		}
@@ -173,6 +179,7 @@ func (t *target) run(ctx context.Context, cl client, call func(ctx context.Conte
 			// logging in: its answer stands for the breaker's interval.
 			return t.rejectOpen(ctx, cl)
 		}
+		recoveries++
 		conn, err := t.recover(ctx, cl, failure{creds: creds, sqlstate: state, err: err})
 		if err != nil {
 			return err
