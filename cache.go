@@ -135,7 +135,7 @@ func (e *entry) get(ctx context.Context, pol policy) (*Credentials, error) {
 			if refresh {
 				e.store.refresh(now, pol)
 			}
-			pol.served(ctx, e.store.secretID, cred, ServedFresh, 0)
+			e.served(ctx, pol, cred, ServedFresh, 0)
 			return cred, nil
 		}
 		cred = nil
@@ -149,7 +149,7 @@ func (e *entry) get(ctx context.Context, pol policy) (*Credentials, error) {
 			if now.Sub(v.fetchedAt) >= time.Duration(float64(life)*v.ahead) {
 				e.store.refresh(now, pol)
 			}
-			pol.served(ctx, e.store.secretID, cred, ServedFresh, 0)
+			e.served(ctx, pol, cred, ServedFresh, 0)
 			return cred, nil
 		}
 		cred = nil
@@ -170,7 +170,7 @@ func (e *entry) get(ctx context.Context, pol policy) (*Credentials, error) {
 			if age >= ttl-refreshMargin(pol.ttl) || (v.pending && age >= pendingRecheck) {
 				e.store.refresh(now, pol)
 			}
-			pol.served(ctx, e.store.secretID, cred, ServedFresh, 0)
+			e.served(ctx, pol, cred, ServedFresh, 0)
 			return cred, nil
 		}
 		if ttl < pol.ttl {
@@ -209,7 +209,7 @@ func (e *entry) get(ctx context.Context, pol policy) (*Credentials, error) {
 	_, err := e.store.fetch(fctx, e.store.stage, pol, e.cache.since(v.gen))
 	if err == nil {
 		cred = e.cache.active()
-		pol.served(ctx, e.store.secretID, cred, ServedWaited, 0)
+		e.served(ctx, pol, cred, ServedWaited, 0)
 		return cred, nil
 	}
 	if usable && (errors.Is(err, ErrStoreUnavailable) || (ctx.Err() == nil && isContextErr(err))) {
@@ -220,16 +220,17 @@ func (e *entry) get(ctx context.Context, pol policy) (*Credentials, error) {
 
 // serveStale records that cred is used past its TTL.
 func (e *entry) serveStale(ctx context.Context, cred *Credentials, age time.Duration, pol policy) *Credentials {
-	pol.served(ctx, e.store.secretID, cred, ServedStale, age)
+	e.served(ctx, pol, cred, ServedStale, age)
 	return cred
 }
 
-// served emits how a new connection got cred.
-func (pol policy) served(ctx context.Context, secretID string, cred *Credentials, how string, age time.Duration) {
-	end := cred.Expires
-	if end.IsZero() {
-		end = cred.LoginUntil
+// served emits how a new connection got cred, and when cred stops being
+// usable for new logins: a lease's end as renewed so far, a token's end.
+func (e *entry) served(ctx context.Context, pol policy, cred *Credentials, how string, age time.Duration) {
+	end := cred.LoginUntil
+	if cred.expiring() {
+		end = e.leases.expires(cred)
 	}
-	pol.obs.emit(ctx, Event{Kind: KindServed, SecretID: secretID, Stage: cred.Stage, VersionID: cred.VersionID,
+	pol.obs.emit(ctx, Event{Kind: KindServed, SecretID: e.store.secretID, Stage: cred.Stage, VersionID: cred.VersionID,
 		Outcome: how, Duration: age, Expires: end})
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"reflect"
 	"slices"
 	"time"
 )
@@ -256,18 +257,32 @@ func isStart(k EventKind) bool {
 }
 
 // fanOut emits e to each of several connectors' observers: counted for
-// each, logged once per distinct logger, so that connectors sharing a
-// logger do not repeat a line.
+// each, logged once per distinct logger, and given once to each distinct
+// added observer (connectors sharing a telemetry observer, or a logger,
+// do not repeat the fact).
 func fanOut(ctx context.Context, all []*observers, e Event) {
+	var seen []Observer
 	for i, o := range all {
+		one := *o
 		if slices.ContainsFunc(all[:i], func(p *observers) bool { return p.log == o.log }) {
-			quiet := *o
-			quiet.log = nil
-			quiet.emit(ctx, e)
-			continue
+			one.log = nil
 		}
-		o.emit(ctx, e)
+		one.extra = nil
+		for _, x := range o.extra {
+			if !slices.ContainsFunc(seen, func(y Observer) bool { return sameObserver(x, y) }) {
+				seen = append(seen, x)
+				one.extra = append(one.extra, x)
+			}
+		}
+		one.emit(ctx, e)
 	}
+}
+
+// sameObserver reports whether two observers are the same value; a
+// function (ObserverFunc) is never the same as another.
+func sameObserver(a, b Observer) bool {
+	ta, tb := reflect.TypeOf(a), reflect.TypeOf(b)
+	return ta == tb && ta.Comparable() && a == b
 }
 
 // count is the Stats observer.

@@ -173,7 +173,9 @@ type providerInfo struct {
 }
 
 var providers = registry.New[providerInfo]("provider", keyProvider, map[string]string{
-	"vault": "github.com/pgsecrets/pgsecrets/vault",
+	"vault":   "github.com/pgsecrets/pgsecrets/vault",
+	"entra":   "github.com/pgsecrets/pgsecrets/entra",
+	"gcp-iam": "github.com/pgsecrets/pgsecrets/gcpiam",
 })
 
 // RegisterProvider makes a provider available as secret_provider=name.

@@ -273,6 +273,20 @@ func (s *Server) Logins() []Login {
 	return append([]Login(nil), s.logins...)
 }
 
+// Refusals returns how many logins were refused for reason (a Reason
+// constant) so far.
+func (s *Server) Refusals(reason string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, l := range s.logins {
+		if !l.Accepted && l.Reason == reason {
+			n++
+		}
+	}
+	return n
+}
+
 // RejectNext makes the next n logins with a valid token fail as if the
 // token were bad (ReasonInjected). n <= 0 cancels earlier calls.
 func (s *Server) RejectNext(n int) {

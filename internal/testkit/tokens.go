@@ -8,6 +8,15 @@ import (
 	"time"
 )
 
+// ChurnTokenAge is the age past which the server refuses tokens during a
+// churn: a token dies seconds after it was minted, over and over, as one
+// signed by credentials about to expire does. Not shorter: on a machine
+// busy with other tests a login can take a second or two, and a token
+// refused before the logins that recovery found it for is a database that
+// refuses everything (and providers outside the core fetch at most every
+// 500 ms).
+const ChurnTokenAge = 5 * time.Second
+
 // TokenChurn is the load every token provider is held to: workers
 // querying through db for Duration, each connection living only
 // ConnLifetime (so logins never stop), while the server refuses tokens
