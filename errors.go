@@ -40,8 +40,7 @@ var (
 	// worth retrying.
 	ErrStoreUnavailable = errors.New("secret store unavailable")
 	// ErrThrottled: the store refused the request for its request quota
-	// (Secrets Manager's ThrottlingException, HTTP 429), after the SDK's
-	// own retries. It is a kind of ErrStoreUnavailable (errors.Is holds
+	// (Secrets Manager's ThrottlingException, Vault's HTTP 429). It is a kind of ErrStoreUnavailable (errors.Is holds
 	// for both: retried with a longer backoff while cached credentials
 	// keep serving), told apart so that an operator can see "raise the
 	// quota or secret_ttl" rather than "the store is broken". RequestID

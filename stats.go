@@ -13,7 +13,8 @@ type Stats struct {
 	// StoreCalls is the number of requests to the secret store.
 	StoreCalls int64
 	// StoreThrottled is the number of store calls the store refused for
-	// its request quota (ErrThrottled), each after the SDK's own retries.
+	// its request quota (ErrThrottled). The SDK does not retry them:
+	// pgsecrets' own backoff spaces the next call.
 	StoreThrottled int64
 	// CacheHits is the number of connections that got credentials from
 	// the cache without waiting for the store.
