@@ -62,5 +62,11 @@
 // test can assert how often the application asked, or wait until a request
 // has arrived instead of sleeping.
 //
+// [Server.SetQuota] enforces a request quota over all clients, as AWS does
+// per account and region (requests beyond it get ThrottlingException), and
+// [Server.ClientCounts] tells clients apart by the access key id they sign
+// with, so a test can run a fleet of processes against one server and see
+// who asked how often.
+//
 // All methods of [Server] are safe for concurrent use.
 package smtest

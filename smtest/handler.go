@@ -80,6 +80,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		reject = newError(400, "UnknownOperationException", "Unknown operation %s.", target)
 	case parseErr != nil:
 		reject = newError(400, "SerializationException", "Could not parse the request body: %v", parseErr)
+	case !s.admit(op, accessKeyID(r)):
+		reject = s.faultError(op, secretID, Fault{Kind: Throttle}) // the quota (quota.go)
 	default:
 		faults = s.takeFaults(op, secretID)
 	}
@@ -141,9 +143,7 @@ func (s *Server) checkAuth(r *http.Request) *Error {
 			"The request signature does not conform to AWS standards (expected AWS4-HMAC-SHA256).")
 	}
 	if s.strictKey {
-		_, cred, _ := strings.Cut(auth, "Credential=")
-		akid, _, _ := strings.Cut(cred, "/")
-		if akid != s.akid {
+		if accessKeyID(r) != s.akid {
 			return newError(400, "UnrecognizedClientException",
 				"The security token included in the request is invalid.")
 		}

@@ -62,6 +62,7 @@ type Server struct {
 	secretSeq uint64
 	onRotate  RotateFunc
 	listener  net.Listener // from WithListener; nil for a random loopback port
+	quota     quota        // SetQuota's token bucket and the per-client counters
 }
 
 // Option configures a [Server].
@@ -253,12 +254,14 @@ func (s *Server) CallCounts() map[string]int {
 	return m
 }
 
-// ResetCalls sets all request counters to zero.
+// ResetCalls sets all request counters to zero, those of
+// [Server.Throttled] and [Server.ClientCounts] included.
 func (s *Server) ResetCalls() {
 	s.mu.Lock()
 	clear(s.calls)
 	s.total = 0
 	s.mu.Unlock()
+	s.quota.resetCounts()
 }
 
 // WaitCalls blocks until Calls(op) >= n, ctx is done, or the server is

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,6 +19,7 @@ import (
 )
 
 const demoHelp = `Usage: pgsecrets demo [--duration 20s] [--rotate-every 3s] [--workers 8] [--verbose]
+       pgsecrets demo --processes N [--store-tps R] [flags]
 Starts a throwaway PostgreSQL server (TLS, scram-sha-256 logins) and an
 in-process fake of AWS Secrets Manager, both on 127.0.0.1 and both gone when
 the demo ends, also on Ctrl-C. It creates a role with a random password, a
@@ -86,11 +88,37 @@ relaying the session to PostgreSQL. Every --rotate-every it either refuses
 the next logins or, for a while, tokens older than 200ms (credentials that
 expired early); the driver signs a new token and retries inside the call.
 
+With --provider entra or gcp-iam the same front end checks Microsoft Entra
+ID tokens (RS256 JWTs from an in-process App Service managed identity
+endpoint that azidentity's DefaultAzureCredential uses) or Google access
+tokens (from an in-process OAuth2 token endpoint that a service account key
+file points Application Default Credentials at), and refuses tokens older
+than 1s in its early-expiry windows: each token costs a request there.
+
+With --processes N (awssm only) the load runs in N separate processes of
+this program, each with its own database/sql pool on the same secret and
+its own AWS access key id, as N pods of one service would, against one
+Secrets Manager stand-in that allows --store-tps GetSecretValue requests
+per second over all of them and answers ThrottlingException beyond, as
+AWS does. Each process runs --workers query loops (default 2 there) and
+reports to this one, which runs the same rotations and outages and prints,
+per rotation and for the whole run: store requests (in all, per process,
+the most in any one second), throttled requests, logins rejected and
+recovered, failed queries, and how long until every process used the new
+version. The processes read the secret with secret_ttl=5s. --store-tps
+alone runs that fleet view with one process.
+
 Flags:
-  --provider P        awssm (default), vault or rds-iam
+  --provider P        awssm (default), vault, rds-iam, entra or gcp-iam
   --duration DUR      how long the load runs (default 20s)
   --rotate-every DUR  time between rotations and outages (default 3s)
-  --workers N         concurrent query loops (default 8)
+  --workers N         concurrent query loops (default 8; per process, 2, with
+                      --processes)
+  --processes N       run the load in N processes (default 1: this one)
+  --store-tps R       the store's request quota, per second (default 0: none)
+  --metrics ADDR      serve the driver's telemetry (the telemetry module) in
+                      the Prometheus format at http://ADDR/metrics while the
+                      demo runs, and print its counters in the summary
   --verbose           log the driver's events (log/slog text) to stderr
 `
 
@@ -100,6 +128,9 @@ type demoOpts struct {
 	rotateEvery time.Duration
 	workers     int
 	verbose     bool
+	metrics     string  // --metrics: the address to serve Prometheus metrics on
+	processes   int     // --processes: > 1 runs the fleet (demo_fleet.go)
+	storeTPS    float64 // --store-tps: the store's request quota; 0 for none
 }
 
 // demoTestHook, when set, sees the finished demo (tests read the passwords
@@ -114,9 +145,16 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.workers, "workers", 8, "")
 	fs.StringVar(&o.provider, "provider", "awssm", "")
 	fs.BoolVar(&o.verbose, "verbose", false, "")
+	fs.StringVar(&o.metrics, "metrics", "", "")
+	fs.IntVar(&o.processes, "processes", 1, "")
+	fs.Float64Var(&o.storeTPS, "store-tps", 0, "")
 	pos, code, ok := parseFlags(fs, args, stdout, stderr, demoHelp)
 	if !ok {
 		return code
+	}
+	fleet := o.processes > 1 || o.storeTPS > 0
+	if fleet && !flagSet(fs, "workers") {
+		o.workers = fleetWorkers
 	}
 	switch {
 	case len(pos) > 0:
@@ -127,11 +165,25 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return usageError(stderr, "demo", "--rotate-every must be at least 100ms")
 	case o.workers < 1 || o.workers > 200:
 		return usageError(stderr, "demo", "--workers must be between 1 and 200")
-	case o.provider != "awssm" && o.provider != "vault" && o.provider != "rds-iam":
-		return usageError(stderr, "demo", "--provider must be awssm, vault or rds-iam")
+	case !slices.Contains([]string{"awssm", "vault", "rds-iam", "entra", "gcp-iam"}, o.provider):
+		return usageError(stderr, "demo", "--provider must be awssm, vault, rds-iam, entra or gcp-iam")
+	case o.processes < 1 || o.processes > maxFleet:
+		return usageError(stderr, "demo", "--processes must be between 1 and %d", maxFleet)
+	case o.storeTPS < 0:
+		return usageError(stderr, "demo", "--store-tps must not be negative")
+	case fleet && o.metrics != "":
+		return usageError(stderr, "demo", "--metrics serves one process's telemetry: not with --processes or --store-tps")
+	case fleet && o.provider != "awssm":
+		return usageError(stderr, "demo", "--processes and --store-tps work with --provider awssm only")
+	case fleet && o.processes*o.workers > maxFleetConns:
+		return usageError(stderr, "demo", "--processes × --workers must be at most %d (the throwaway server's connections)", maxFleetConns)
 	}
 	d := &demo{opt: o, stdout: stdout, stderr: stderr, term: isTerminal(stdout), errSeen: map[string]bool{}}
-	code = d.run(ctx)
+	if fleet {
+		code = d.runFleet(ctx)
+	} else {
+		code = d.run(ctx)
+	}
 	if demoTestHook != nil {
 		demoTestHook(d)
 	}
@@ -162,7 +214,12 @@ type demo struct {
 	pg  *testdb.Cluster
 	sm  *smtest.Server
 	vs  *vaulttest.Server // --provider vault
-	iam *iamtest.Server   // --provider rds-iam
+	iam     *iamtest.Server // --provider rds-iam, entra, gcp-iam
+	metrics *metricsServer  // --metrics
+	// iamClose stops the token issuer and restores the environment
+	// (entra, gcp-iam); iamCloud describes the provider's cloud.
+	iamClose func()
+	iamCloud tokenCloud
 	// restoreToken undoes VAULT_TOKEN; vaultToken is kept for tests' leak
 	// checks.
 	restoreToken func()
@@ -196,13 +253,23 @@ func (d *demo) run(ctx context.Context) int {
 			return exitFail
 		}
 		defer restoreEnv()
-		if d.opt.provider == "rds-iam" {
-			fmt.Fprintf(d.stdout, "pgsecrets demo --provider rds-iam: %d workers for %s, a token refusal every %s\n", d.opt.workers, d.opt.duration, d.opt.rotateEvery)
+		if c, ok := tokenClouds[d.opt.provider]; ok {
+			fmt.Fprintf(d.stdout, "pgsecrets demo --provider %s: %d workers for %s, %s token refusals every %s\n", d.opt.provider, d.opt.workers, d.opt.duration, c.title, d.opt.rotateEvery)
 		} else {
 			fmt.Fprintf(d.stdout, "pgsecrets demo: %d workers for %s, a rotation every %s\n", d.opt.workers, d.opt.duration, d.opt.rotateEvery)
 		}
 	} else {
 		fmt.Fprintf(d.stdout, "pgsecrets demo --provider vault: %d workers for %s, leases of %s\n", d.opt.workers, d.opt.duration, d.vaultTTL())
+	}
+	if d.opt.metrics != "" {
+		m, err := startMetrics(d.opt.metrics)
+		if err != nil {
+			fmt.Fprintf(d.stderr, "pgsecrets demo: --metrics: %v\n", err)
+			return exitFail
+		}
+		defer m.close()
+		d.metrics = m
+		fmt.Fprintf(d.stdout, "  metrics   %s (Prometheus format)\n", m.URL())
 	}
 	stopEnv, code := d.startEnv(ctx)
 	if stopEnv == nil {

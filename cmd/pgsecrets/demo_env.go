@@ -57,11 +57,14 @@ func (d *demo) startEnv(ctx context.Context) (stop func(), code int) {
 	}
 	setup := d.setupAWS
 	switch d.opt.provider {
-	case "rds-iam":
+	case "rds-iam", "entra", "gcp-iam":
 		setup = d.setupIAM
 		undo = append(undo, func() {
 			if d.iam != nil {
 				d.iam.Close()
+			}
+			if d.iamClose != nil {
+				d.iamClose()
 			}
 		})
 	case "vault":
@@ -113,20 +116,32 @@ func setDemoAWSEnv() (restore func(), err error) {
 	unset := []string{"AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
 		"AWS_ENDPOINT_URL_SECRETS_MANAGER", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN",
 		"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI"}
+	undo := swapEnv(set, unset)
+	return func() {
+		undo()
+		os.RemoveAll(dir)
+	}, nil
+}
+
+// swapEnv sets and unsets environment variables for the demo's SDKs and
+// returns what puts them back.
+func swapEnv(set map[string]string, unset []string) (restore func()) {
 	type saved struct {
 		val string
 		ok  bool
 	}
 	old := map[string]saved{}
-	for k, v := range set {
-		val, ok := os.LookupEnv(k)
-		old[k] = saved{val, ok}
-		os.Setenv(k, v)
-	}
 	for _, k := range unset {
 		val, ok := os.LookupEnv(k)
 		old[k] = saved{val, ok}
 		os.Unsetenv(k)
+	}
+	for k, v := range set {
+		val, ok := os.LookupEnv(k)
+		if _, seen := old[k]; !seen {
+			old[k] = saved{val, ok}
+		}
+		os.Setenv(k, v)
 	}
 	return func() {
 		for k, s := range old {
@@ -136,8 +151,7 @@ func setDemoAWSEnv() (restore func(), err error) {
 				os.Unsetenv(k)
 			}
 		}
-		os.RemoveAll(dir)
-	}, nil
+	}
 }
 
 func randomPassword() string {
@@ -181,7 +195,7 @@ func (d *demo) setupAWS(ctx context.Context) error {
 
 	dsn := fmt.Sprintf("host=%s port=%d dbname=%s sslmode=verify-full sslrootcert=%s secret_id=%s secret_endpoint=%s secret_ttl=2s",
 		d.pg.Host(), d.pg.Port(), demoDB, d.pg.CAFile(), demoSecret, d.sm.URL())
-	if err := d.openRolePool(ctx, dsn); err != nil {
+	if err := d.openRolePool(ctx, dsn, demoRole); err != nil {
 		return err
 	}
 	cfg := d.connector.Config()
@@ -195,7 +209,7 @@ func (d *demo) setupAWS(ctx context.Context) error {
 // openRolePool opens the pool of the demo role (awssm, rds-iam): short
 // connection lifetimes, so that logins happen all the time; creates the
 // table through it and says which server it runs on.
-func (d *demo) openRolePool(ctx context.Context, dsn string) error {
+func (d *demo) openRolePool(ctx context.Context, dsn, role string) error {
 	if err := d.openPool(dsn); err != nil {
 		return err
 	}
@@ -209,7 +223,7 @@ func (d *demo) openRolePool(ctx context.Context, dsn string) error {
 		return err
 	}
 	fmt.Fprintf(d.stdout, "  postgres  PostgreSQL %s at %s (TLS, scram-sha-256); role %s owns database %s, table orders\n",
-		firstField(version), d.pg.Addr(), demoRole, demoDB)
+		firstField(version), d.pg.Addr(), role, demoDB)
 	return nil
 }
 
@@ -234,7 +248,11 @@ func (d *demo) openPool(dsn string) error {
 	if d.opt.verbose {
 		logger = slog.New(slog.NewTextHandler(&logWriter{d}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	c, err := pgsecrets.NewConnector(dsn, pgsecrets.WithLogger(logger))
+	opts := []pgsecrets.Option{pgsecrets.WithLogger(logger)}
+	if d.metrics != nil {
+		opts = append(opts, d.metrics.opt)
+	}
+	c, err := pgsecrets.NewConnector(dsn, opts...)
 	if err != nil {
 		return err
 	}

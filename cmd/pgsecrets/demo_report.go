@@ -140,6 +140,7 @@ func (d *demo) summaryHead(elapsed time.Duration, ok, failed int64) {
 	fmt.Fprintln(d.stdout, "\nSummary")
 	d.summaryRow("duration", "%s, %d workers", seconds(elapsed), d.opt.workers)
 	d.summaryRow("queries", "ok %s  failed %s", thousands(ok), thousands(failed))
+	d.metricsSummary()
 }
 
 // summaryRow prints a row of the summary table.

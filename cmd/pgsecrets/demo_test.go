@@ -84,24 +84,32 @@ func TestDemoNoBinaries(t *testing.T) {
 	}
 }
 
-// The demo on RDS IAM tokens: no query fails through refused logins and
-// tokens refused early, the driver signs new tokens, and no token or AWS
-// secret key reaches the output.
-func TestDemoRDSIAM(t *testing.T) {
+// The demo on cloud IAM tokens (RDS, Entra ID, Google): no query fails
+// through refused logins and tokens refused early, the driver gets new
+// tokens, and no token, key or AWS secret key reaches the output.
+func TestDemoTokens(t *testing.T) {
 	testdb.Shared(t)
-	r, d := captureDemo(t, "--provider", "rds-iam", "--duration", "5s", "--rotate-every", "1.5s", "--workers", "4", "--verbose")
-	t.Logf("demo stdout:\n%s", r.stdout)
-	if d == nil || r.code != 0 {
-		t.Fatalf("exit %d, want 0:\n%s", r.code, r)
-	}
-	assertNoSecret(t, r, append(d.Passwords(), demoAWSSecret, "X-Amz-Signature")...)
-	summary := r.stdout[strings.Index(r.stdout, "\nSummary\n"):]
-	for _, re := range []string{`queries +ok [\d,]+  failed 0\n`, `tokens +([2-9]|\d\d+) signed`, `refused: [1-9]\d* injected, [1-9]\d* too old`} {
-		if !regexp.MustCompile(re).MatchString(summary) {
-			t.Errorf("summary lacks %s:\n%s", re, summary)
-		}
-	}
-	if !strings.Contains(r.stdout, "\nPASS: ") {
-		t.Error("no PASS verdict")
+	for provider, planted := range map[string][]string{
+		"rds-iam": {demoAWSSecret, "X-Amz-Signature"},
+		"entra":   {"eyJ"},
+		"gcp-iam": {"ya29.", "PRIVATE KEY"},
+	} {
+		t.Run(provider, func(t *testing.T) {
+			r, d := captureDemo(t, "--provider", provider, "--duration", "5s", "--rotate-every", "1.5s", "--workers", "4", "--verbose")
+			t.Logf("demo stdout:\n%s", r.stdout)
+			if d == nil || r.code != 0 {
+				t.Fatalf("exit %d, want 0:\n%s", r.code, r)
+			}
+			assertNoSecret(t, r, append(d.Passwords(), planted...)...)
+			summary := r.stdout[strings.Index(r.stdout, "\nSummary\n"):]
+			for _, re := range []string{`queries +ok [\d,]+  failed 0\n`, `tokens +([2-9]|\d\d+) `, `refused: [1-9]\d* injected, [1-9]\d* too old`} {
+				if !regexp.MustCompile(re).MatchString(summary) {
+					t.Errorf("summary lacks %s:\n%s", re, summary)
+				}
+			}
+			if !strings.Contains(r.stdout, "\nPASS: ") {
+				t.Error("no PASS verdict")
+			}
+		})
 	}
 }

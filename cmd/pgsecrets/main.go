@@ -30,6 +30,8 @@ import (
 
 	// Every provider and engine pgsecrets ships, so that check works with
 	// each.
+	_ "github.com/pgsecrets/pgsecrets/entra"
+	_ "github.com/pgsecrets/pgsecrets/gcpiam"
 	_ "github.com/pgsecrets/pgsecrets/pgxsecrets"
 	_ "github.com/pgsecrets/pgsecrets/vault"
 )
@@ -76,6 +78,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch cmd, rest := args[0], args[1:]; cmd {
 	case "demo":
 		return runDemo(ctx, rest, stdout, stderr)
+	case fleetWorkerCmd: // hidden: one process of demo --processes (demo_fleet.go)
+		return runDemoWorker(ctx, rest, stdout, stderr)
 	case "check":
 		return runCheck(ctx, rest, stdout, stderr)
 	case "rotate":

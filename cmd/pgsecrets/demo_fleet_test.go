@@ -1,0 +1,166 @@
+package main
+
+import (
+	"math"
+	"os"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pgsecrets/pgsecrets/internal/testdb"
+	"github.com/pgsecrets/pgsecrets/smtest"
+)
+
+// The fleet's processes run this program (os.Executable); under go test
+// that is the test binary, which runs the hidden command here, before
+// TestMain, when the parent marked its environment.
+func init() {
+	if os.Getenv(fleetWorkerEnv) == "1" && len(os.Args) > 1 && os.Args[1] == fleetWorkerCmd {
+		os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	}
+}
+
+func TestDemoFleetUsage(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		in   string
+	}{
+		{[]string{"--processes", "0"}, "--processes must be between 1 and"},
+		{[]string{"--processes", "101"}, "--processes must be between 1 and"},
+		{[]string{"--store-tps", "-1"}, "--store-tps must not be negative"},
+		{[]string{"--processes", "2", "--provider", "vault"}, "--provider awssm only"},
+		{[]string{"--processes", "100", "--workers", "3"}, "at most 250"},
+	} {
+		r := runCmd(append([]string{"demo"}, tc.args...)...)
+		if r.code != exitUsage || !strings.Contains(r.stderr, tc.in) {
+			t.Errorf("%q: want exit %d and %q, got %s", tc.args, exitUsage, tc.in, r)
+		}
+	}
+	if r := runCmd("demo", "--help"); !strings.Contains(r.stdout, "--store-tps R") {
+		t.Errorf("the help does not show --store-tps:\n%s", r.stdout)
+	}
+}
+
+// Four processes on one secret against a store whose quota (2 requests a
+// second, a burst of 2) is smaller than what a rotation makes them ask at
+// once (2 each): the quota bites, yet no query fails, every process ends
+// up on the last version, no process is left behind, and what each asked
+// of the store stays within the bound below.
+func TestDemoFleet(t *testing.T) {
+	testdb.Shared(t)
+	var f *fleet
+	fleetTestHook = func(x *fleet) { f = x }
+	t.Cleanup(func() { fleetTestHook = nil })
+	r, d := captureDemo(t, "--processes", "4", "--workers", "1", "--store-tps", "2",
+		"--duration", "9s", "--rotate-every", "2.5s")
+	t.Logf("demo stdout:\n%s", r.stdout)
+	if d == nil || f == nil {
+		t.Fatalf("the fleet did not run: %s", r)
+	}
+	if r.code != exitOK || !strings.Contains(r.stdout, "\nPASS: ") {
+		t.Errorf("exit %d, want 0 and PASS", r.code)
+	}
+	assertNoSecret(t, r, d.Passwords()...)
+
+	// No process outlived the demo, and each stopped on its own.
+	for _, p := range f.procs {
+		select {
+		case <-p.done:
+		default:
+			t.Errorf("process %d still runs", p.id)
+		}
+		if p.err != nil || p.final == nil {
+			t.Errorf("process %d: exit %v, final report %v", p.id, p.err, p.final != nil)
+		}
+	}
+
+	var ok, failed, cutShort int64
+	for _, m := range f.end.Procs {
+		ok += m.OK
+		failed += m.Failed
+		cutShort += m.CutShort
+	}
+	if failed != 0 || ok == 0 {
+		t.Errorf("%d queries ok, %d failed; want none failed", ok, failed)
+	}
+	if cutShort != 0 {
+		t.Errorf("%d queries still waited %s after the end", cutShort, fleetStopGrace)
+	}
+	if n := d.sm.Throttled(); n == 0 {
+		t.Error("the quota never bit: no request throttled")
+	}
+
+	// Every process served the last version.
+	current, _, _ := d.sm.Version(demoSecret, smtest.StageCurrent)
+	for _, p := range f.procs {
+		if _, used := p.firstUse[current]; !used {
+			t.Errorf("process %d never used the last version %s", p.id, shortVersion(current))
+		}
+	}
+	kinds := map[string]int{}
+	for _, ev := range f.events {
+		kinds[ev.Kind]++
+	}
+	if kinds["four-step"] != 1 || kinds["wrong-order"] != 1 || kinds["outage"] != 1 {
+		t.Fatalf("events %v, want one four-step, one wrong-order, one outage", kinds)
+	}
+
+	// The bound, per process. At start-up: one request, plus one repeat
+	// per request the quota refused. During the load:
+	//   2 per four-step rotation (AWSCURRENT, then AWSPENDING, once);
+	//   2 per 500ms (the driver's spacing of calls per stage) while a
+	//     wrong-order rotation leaves the database ahead of the store,
+	//     plus 2;
+	//   1 per 4s of refresh ahead (secret_ttl 5s, refreshed a fifth early),
+	//     plus 1;
+	//   1 per 400ms of outage (the shortest failure backoff), plus 1;
+	//   1 repeat per request the quota refused.
+	gap := d.phase()
+	var outage time.Duration
+	for _, ev := range f.events {
+		if ev.Kind == "outage" {
+			outage += ev.Done.Sub(ev.Start)
+		}
+	}
+	run := f.end.At.Sub(d.start)
+	ceil := func(a, b time.Duration) int { return int(math.Ceil(float64(a) / float64(b))) }
+	base := 2*kinds["four-step"] +
+		kinds["wrong-order"]*(2*ceil(gap, 500*time.Millisecond)+2) +
+		ceil(run, fleetTTL*4/5) + 1 +
+		ceil(outage, 400*time.Millisecond) + 1
+	for _, p := range f.procs {
+		startCalls, startThrottled := f.startup.Calls[p.key], f.startup.ThrottledBy[p.key]
+		if startCalls < 1 || startCalls > 1+startThrottled {
+			t.Errorf("process %d: %d requests at start-up, %d throttled; want 1 plus one per throttled", p.id, startCalls, startThrottled)
+		}
+		calls := f.end.Calls[p.key] - startCalls
+		throttled := f.end.ThrottledBy[p.key] - startThrottled
+		if calls > base+throttled {
+			t.Errorf("process %d: %d requests during the %s load, %d throttled; want at most %d + %d",
+				p.id, calls, run.Round(time.Millisecond), throttled, base, throttled)
+		}
+		t.Logf("process %d: %d requests at start-up (%d throttled), %d during the load (%d throttled); bound %d + %d",
+			p.id, startCalls, startThrottled, calls, throttled, base, throttled)
+	}
+
+	// The summary shows the figures the issue asks for.
+	summary := r.stdout[strings.Index(r.stdout, "\nSummary\n"):]
+	for _, re := range []string{
+		`queries +ok [\d,]+  failed 0\n`,
+		`store requests +\d+ GetSecretValue`,
+		`per process during the load: min \d+, median \d+, max \d+`,
+		`at most \d+ in one second; [1-9]\d* throttled`,
+		`DB logins .* [1-9]\d* rejected by the database, [1-9]\d* recovered`,
+		// The first rotation's version may be skipped by a process the
+		// throttled store held back until the second.
+		`rotation 1 four-step +\d+ +\d+/\d+/\d+ +\d+ +\d+ +\d+ +\d+ +0  (after [\d.]+s|\d of 4; the others went straight to the next version)`,
+		`rotation 2 wrong-order +\d+ +\d+/\d+/\d+ +\d+ +\d+ +\d+ +\d+ +0  after [\d.]+s`,
+		`outage 1 +\d+`,
+		`4 of 4 processes on [0-9a-f]+, the store's AWSCURRENT`,
+	} {
+		if !regexp.MustCompile(re).MatchString(summary) {
+			t.Errorf("summary lacks %s", re)
+		}
+	}
+}
