@@ -211,11 +211,11 @@ type demo struct {
 	outMu        sync.Mutex // serialises writes to stdout and stderr
 	lastProgress string
 
-	pg  *testdb.Cluster
-	sm  *smtest.Server
-	vs  *vaulttest.Server // --provider vault
-	iam     *iamtest.Server // --provider rds-iam, entra, gcp-iam
-	metrics *metricsServer  // --metrics
+	pg      *testdb.Cluster
+	sm      *smtest.Server
+	vs      *vaulttest.Server // --provider vault
+	iam     *iamtest.Server   // --provider rds-iam, entra, gcp-iam
+	metrics *metricsServer    // --metrics
 	// iamClose stops the token issuer and restores the environment
 	// (entra, gcp-iam); iamCloud describes the provider's cloud.
 	iamClose func()
