@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/pgsecrets/pgsecrets"
 )
@@ -39,6 +40,13 @@ func (r *recorder) Observe(ctx context.Context, e pgsecrets.Event) context.Conte
 	r.events = append(r.events, e)
 	r.ctxs = append(r.ctxs, ctx)
 	return ctx
+}
+
+// snapshot returns the events so far.
+func (r *recorder) snapshot() ([]pgsecrets.Event, []context.Context) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.events), slices.Clone(r.ctxs)
 }
 
 // take returns the events so far and forgets them.
@@ -196,5 +204,52 @@ func TestEventKindNames(t *testing.T) {
 	}
 	if pgsecrets.EventKind(0).String() != "unknown" {
 		t.Error("the zero kind has a name")
+	}
+}
+
+// A rotation done in the wrong order (the database first, the store 1.5 s
+// later) is recovered from by asking the configured stage every round,
+// and the pending stage once: a four-step rotation would have written it
+// before changing the database, so its absence will not change.
+func TestWrongOrderAsksPendingOnce(t *testing.T) {
+	r := newRig(t)
+	rec := &recorder{}
+	db, _ := r.openC(r.kv(""), pgsecrets.WithObserver(rec))
+	db.SetMaxIdleConns(0)
+	if err := db.Ping(); err != nil {
+		t.Fatal(err)
+	}
+	rec.take()
+	pw := randomPassword()
+	if err := r.pg.SetPassword(context.Background(), r.role, pw); err != nil {
+		t.Fatal(err)
+	}
+	pinged := make(chan error, 1)
+	go func() { pinged <- db.Ping() }()
+	eventually(t, "the recovery's first round", func() bool {
+		ev, _ := rec.snapshot()
+		return slices.ContainsFunc(ev, func(e pgsecrets.Event) bool { return e.Kind == pgsecrets.KindRecoveryStart })
+	})
+	time.Sleep(1500 * time.Millisecond) // the operator updates the store late
+	if _, err := r.sm.PutSecretValue(r.secretID, rdsSecret(r.role, pw, nil)); err != nil {
+		t.Fatal(err)
+	}
+	r.password = pw
+	if err := <-pinged; err != nil {
+		t.Fatalf("Ping across the wrong-order rotation: %v", err)
+	}
+	ev, _ := rec.take()
+	current, pending := 0, 0
+	for _, e := range ev {
+		if e.Kind == pgsecrets.KindStoreCallEnd {
+			if e.Stage == "AWSPENDING" {
+				pending++
+			} else {
+				current++
+			}
+		}
+	}
+	if pending != 1 || current < 2 {
+		t.Errorf("the recovery asked AWSPENDING %d times and AWSCURRENT %d times, want once and every round", pending, current)
 	}
 }

@@ -227,6 +227,13 @@ type search struct {
 	// if it kept the recovery from fresh credentials.
 	loginErr, storeErr error
 	probe              driver.Conn // the login that proved the credentials
+	// noPending: the pending stage did not exist when this recovery
+	// asked. A rotation that uses it (AWS's four steps) writes it before
+	// it changes the database, so it will not appear later in this
+	// recovery: the database was changed first, and only the configured
+	// stage is worth asking again (one request a round, not two, for
+	// every process of a fleet while the store lags behind).
+	noPending bool
 }
 
 func (s *search) seen(cr *Credentials) bool {
@@ -296,8 +303,9 @@ func (s *search) round() (found *Credentials, done bool, err error) {
 			return nil, true, err // not found, denied, malformed: no use waiting
 		}
 	}
-	if e.store.pendingStage != "" {
+	if e.store.pendingStage != "" && !s.noPending {
 		pend, err := e.store.fetch(s.ctx, e.store.pendingStage, s.cl.policy, anyGen)
+		s.noPending = errors.Is(err, ErrSecretNotFound)
 		if err == nil && !s.seen(pend) {
 			done, err := s.try(pend)
 			if done && err == nil {
