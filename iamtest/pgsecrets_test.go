@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/pgsecrets/pgsecrets"
 	"github.com/pgsecrets/pgsecrets/iamtest"
