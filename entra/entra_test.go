@@ -57,7 +57,7 @@ type rig struct {
 
 // newRig makes the role and the issuer and sets the environment (so not
 // in a parallel test). edit may change the issuer's options.
-func newRig(t *testing.T, edit func(r *rig, o *iamtest.EntraOptions)) *rig {
+func newRig(t testing.TB, edit func(r *rig, o *iamtest.EntraOptions)) *rig {
 	t.Helper()
 	r := &rig{pg: testdb.Shared(t), logs: &testkit.SyncBuffer{}, clientID: guid()}
 	r.user = fmt.Sprintf("entra_user_%d", seq.Add(1))
@@ -85,7 +85,7 @@ func newRig(t *testing.T, edit func(r *rig, o *iamtest.EntraOptions)) *rig {
 	return r
 }
 
-func (r *rig) logf(t *testing.T) func(string, ...any) {
+func (r *rig) logf(t testing.TB) func(string, ...any) {
 	return func(format string, args ...any) {
 		fmt.Fprintf(r.logs, format+"\n", args...)
 		t.Logf(format, args...)
@@ -93,7 +93,7 @@ func (r *rig) logf(t *testing.T) func(string, ...any) {
 }
 
 // frontEnd starts an Azure-like server in front of the role.
-func (r *rig) frontEnd(t *testing.T) *iamtest.Server {
+func (r *rig) frontEnd(t testing.TB) *iamtest.Server {
 	opts := iamtest.Options{
 		Upstream: func(user string) (string, error) {
 			if user != r.user {
@@ -130,7 +130,7 @@ func (r *rig) open(t *testing.T, dsn string) (*sql.DB, *pgsecrets.Connector) {
 
 // checkNoLeak checks that no token the issuer issued, nor its signature,
 // nor the header secret is in the logs.
-func (r *rig) checkNoLeak(t *testing.T) {
+func (r *rig) checkNoLeak(t testing.TB) {
 	logs := r.logs.String()
 	for _, tok := range r.issuer.IssuedTokens() {
 		if strings.Contains(logs, tok) || strings.Contains(logs, tok[strings.LastIndex(tok, ".")+1:]) {
@@ -453,7 +453,7 @@ func (c *noClaims) GetToken(_ context.Context, o policy.TokenRequestOptions) (az
 
 // endpointToken gets a token for the rig's identity from the endpoint,
 // as the SDK would.
-func (r *rig) endpointToken(t *testing.T) string {
+func (r *rig) endpointToken(t testing.TB) string {
 	t.Helper()
 	q := url.Values{"api-version": {iamtest.EntraAPIVersion}, "resource": {iamtest.EntraResource}, "client_id": {r.clientID}}
 	req, err := http.NewRequest(http.MethodGet, r.issuer.Endpoint()+"?"+q.Encode(), nil)
