@@ -156,14 +156,14 @@ func (e *SecretError) Unwrap() []error {
 }
 
 // Temporary reports whether retrying later can succeed without anyone
-// changing the configuration: true for an unavailable store, an open
+// changing the configuration: true for an unavailable or throttled store, an open
 // circuit breaker, a wait cut short by the caller's deadline, and an
 // ErrConnect caused by the network or by a server that is starting,
 // stopping or full; false for everything else, a closed connector
 // included.
 func (e *SecretError) Temporary() bool {
 	switch e.Kind {
-	case ErrStoreUnavailable, ErrCircuitOpen, context.DeadlineExceeded:
+	case ErrStoreUnavailable, ErrThrottled, ErrCircuitOpen, context.DeadlineExceeded:
 		return true
 	case ErrConnect:
 		return transientConnectError(e.Err)
