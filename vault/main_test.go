@@ -90,9 +90,9 @@ func (r *vrig) dsn(path, extra string) string {
 		r.pg.Host(), r.pg.Port(), r.pg.CAFile(), path, r.vs.URL(), extra)
 }
 
-func (r *vrig) open(dsn string) (*sql.DB, *pgsecrets.Connector) {
+func (r *vrig) open(dsn string, opts ...pgsecrets.Option) (*sql.DB, *pgsecrets.Connector) {
 	r.t.Helper()
-	c, err := pgsecrets.NewConnector(dsn, pgsecrets.WithLogger(r.logger))
+	c, err := pgsecrets.NewConnector(dsn, append([]pgsecrets.Option{pgsecrets.WithLogger(r.logger)}, opts...)...)
 	if err != nil {
 		r.t.Fatal(err)
 	}

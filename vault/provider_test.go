@@ -3,9 +3,11 @@ package vault_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -120,7 +122,24 @@ func TestAppRoleReloginUnderLoad(t *testing.T) {
 	if err := os.WriteFile(file, []byte(secretID+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	db, c := r.open(r.dsn("database/creds/app", "secret_vault_auth=approle secret_vault_role_id=role-app secret_vault_secret_id_file="+file))
+	// Every lease handed to a new connection must still have more than
+	// the expiry margin to live (its token's end included): checked at
+	// each handout, which no machine's speed changes. A login that starts
+	// in time and ends after the role is gone (a slow machine) is a
+	// rejection recovered inside the call, not a lease outliving its token.
+	var lateMu sync.Mutex
+	var late []string
+	watch := pgsecrets.ObserverFunc(func(ctx context.Context, e pgsecrets.Event) context.Context {
+		if e.Kind == pgsecrets.KindServed && !e.Expires.IsZero() {
+			if left := time.Until(e.Expires); left < 250*time.Millisecond {
+				lateMu.Lock()
+				late = append(late, fmt.Sprintf("%s with %s left", e.VersionID, left.Round(time.Millisecond)))
+				lateMu.Unlock()
+			}
+		}
+		return ctx
+	})
+	db, c := r.open(r.dsn("database/creds/app", "secret_vault_auth=approle secret_vault_role_id=role-app secret_vault_secret_id_file="+file), pgsecrets.WithObserver(watch))
 	db.SetConnMaxLifetime(250 * time.Millisecond)
 	db.SetMaxIdleConns(4)
 	l := startLoad(t, db, 16)
@@ -137,8 +156,13 @@ func TestAppRoleReloginUnderLoad(t *testing.T) {
 	if len(owners) < 2 {
 		t.Errorf("leases from %d tokens, want fresh ones under each new token", len(owners))
 	}
-	if c.Stats().AuthFailures != 0 {
-		t.Errorf("%d logins rejected: a lease outlived its token", c.Stats().AuthFailures)
+	lateMu.Lock()
+	if len(late) > 0 {
+		t.Errorf("%d leases handed out within the expiry margin of their end (their token's): %v", len(late), late[:min(len(late), 5)])
+	}
+	lateMu.Unlock()
+	if st := c.Stats(); st.AuthFailures > 0 {
+		t.Logf("%d logins rejected and recovered in the call (a login slower than the margin)", st.AuthFailures)
 	}
 	if err := db.Close(); err != nil {
 		t.Fatal(err)
