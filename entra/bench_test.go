@@ -2,7 +2,6 @@ package entra_test
 
 import (
 	"context"
-	"database/sql/driver"
 	"fmt"
 	"strings"
 	"testing"
@@ -14,6 +13,7 @@ import (
 	"github.com/pgsecrets/pgsecrets"
 	"github.com/pgsecrets/pgsecrets/entra"
 	"github.com/pgsecrets/pgsecrets/iamtest"
+	"github.com/pgsecrets/pgsecrets/internal/testkit"
 )
 
 // BenchmarkEntraConnect: a new connection through the front end with an
@@ -35,21 +35,7 @@ func BenchmarkEntraConnect(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { ours.Close() })
-	ctx := context.Background()
-	for _, bc := range []struct {
-		name string
-		c    driver.Connector
-	}{{"driver=pq", plain}, {"driver=pgsecrets", ours}} {
-		b.Run(bc.name, func(b *testing.B) {
-			for b.Loop() {
-				conn, err := bc.c.Connect(ctx)
-				if err != nil {
-					b.Fatal(err)
-				}
-				conn.Close()
-			}
-		})
-	}
+	testkit.BenchConnect(b, testkit.NamedConnector{Name: "pq", Connector: plain}, testkit.NamedConnector{Name: "pgsecrets", Connector: ours})
 }
 
 // BenchmarkEntraGetToken: what one token costs the provider, a request to

@@ -2,7 +2,6 @@ package gcpiam_test
 
 import (
 	"context"
-	"database/sql/driver"
 	"fmt"
 	"testing"
 
@@ -13,6 +12,7 @@ import (
 	"github.com/pgsecrets/pgsecrets/gcpiam"
 	"github.com/pgsecrets/pgsecrets/iamtest"
 	"github.com/pgsecrets/pgsecrets/internal/testdb"
+	"github.com/pgsecrets/pgsecrets/internal/testkit"
 )
 
 // BenchmarkGCPIAMConnect: a new connection through the front end with a
@@ -45,20 +45,7 @@ func BenchmarkGCPIAMConnect(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { ours.Close() })
-	for _, bc := range []struct {
-		name string
-		c    driver.Connector
-	}{{"driver=pq", plain}, {"driver=pgsecrets", ours}} {
-		b.Run(bc.name, func(b *testing.B) {
-			for b.Loop() {
-				conn, err := bc.c.Connect(ctx)
-				if err != nil {
-					b.Fatal(err)
-				}
-				conn.Close()
-			}
-		})
-	}
+	testkit.BenchConnect(b, testkit.NamedConnector{Name: "pq", Connector: plain}, testkit.NamedConnector{Name: "pgsecrets", Connector: ours})
 }
 
 // BenchmarkGCPIAMToken: what one token costs the provider: the key file

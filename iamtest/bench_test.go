@@ -2,7 +2,6 @@ package iamtest_test
 
 import (
 	"context"
-	"database/sql/driver"
 	"fmt"
 	"testing"
 
@@ -11,6 +10,7 @@ import (
 	"github.com/lib/pq"
 
 	"github.com/pgsecrets/pgsecrets"
+	"github.com/pgsecrets/pgsecrets/internal/testkit"
 )
 
 // BenchmarkRDSIAMConnect: a new connection through the front end with a
@@ -36,20 +36,7 @@ func BenchmarkRDSIAMConnect(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { ours.Close() })
-	for _, bc := range []struct {
-		name string
-		c    driver.Connector
-	}{{"driver=pq", plain}, {"driver=pgsecrets", ours}} {
-		b.Run(bc.name, func(b *testing.B) {
-			for b.Loop() {
-				conn, err := bc.c.Connect(ctx)
-				if err != nil {
-					b.Fatal(err)
-				}
-				conn.Close()
-			}
-		})
-	}
+	testkit.BenchConnect(b, testkit.NamedConnector{Name: "pq", Connector: plain}, testkit.NamedConnector{Name: "pgsecrets", Connector: ours})
 }
 
 // BenchmarkRDSIAMSignToken: what minting one token costs (the SDK's

@@ -25,11 +25,9 @@ import (
 // database the load runs as, the secret in an in-process Secrets Manager,
 // and the pool opened through pgsecrets (demo_vault.go: the same on Vault).
 
-// startEnv starts what the load runs against: PostgreSQL, the store's
-// stand-in and the pool through pgsecrets. When it cannot, it says why and
-// returns a nil stop and the exit status; stop takes everything down again,
-// in the reverse order.
-func (d *demo) startEnv(ctx context.Context) (stop func(), code int) {
+// startPostgres starts the throwaway PostgreSQL server (d.pg), or says
+// why it cannot and returns nil and the exit status.
+func (d *demo) startPostgres(ctx context.Context) (*testdb.Cluster, int) {
 	fmt.Fprintf(d.stdout, "starting a throwaway PostgreSQL server…\n")
 	var pgLog io.Writer
 	if d.opt.verbose {
@@ -49,6 +47,18 @@ func (d *demo) startEnv(ctx context.Context) (stop func(), code int) {
 		return nil, exitFail
 	}
 	d.pg = pg
+	return pg, exitOK
+}
+
+// startEnv starts what the load runs against: PostgreSQL, the store's
+// stand-in and the pool through pgsecrets. When it cannot, it says why and
+// returns a nil stop and the exit status; stop takes everything down again,
+// in the reverse order.
+func (d *demo) startEnv(ctx context.Context) (stop func(), code int) {
+	pg, code := d.startPostgres(ctx)
+	if pg == nil {
+		return nil, code
+	}
 	undo := []func(){func() { pg.Stop() }}
 	stop = func() {
 		for i := len(undo) - 1; i >= 0; i-- {

@@ -22,7 +22,6 @@ import (
 	"github.com/lib/pq"
 
 	"github.com/pgsecrets/pgsecrets"
-	"github.com/pgsecrets/pgsecrets/internal/testdb"
 	"github.com/pgsecrets/pgsecrets/smtest"
 )
 
@@ -244,25 +243,10 @@ func tps(r float64) string { return strconv.FormatFloat(r, 'f', -1, 64) }
 // returns a nil stop and the exit status when it cannot.
 func (f *fleet) startEnv(ctx context.Context) (stop func(), code int) {
 	d := f.d
-	fmt.Fprintf(d.stdout, "starting a throwaway PostgreSQL server…\n")
-	var pgLog io.Writer
-	if d.opt.verbose {
-		pgLog = d.stderr
+	pg, code := d.startPostgres(ctx)
+	if pg == nil {
+		return nil, code
 	}
-	pg, err := testdb.Start(ctx, testdb.Options{Log: pgLog})
-	if err != nil {
-		switch {
-		case errors.Is(err, testdb.ErrNoBinaries):
-			fmt.Fprintf(d.stderr, "pgsecrets demo: the demo runs a throwaway PostgreSQL server, and none is installed here.\n%v\n", err)
-		case ctx.Err() != nil:
-			fmt.Fprintln(d.stderr, "pgsecrets demo: interrupted")
-			return nil, exitInterrupted
-		default:
-			fmt.Fprintf(d.stderr, "pgsecrets demo: cannot start PostgreSQL: %v\n", err)
-		}
-		return nil, exitFail
-	}
-	d.pg = pg
 	d.sm = smtest.NewServer()
 	d.sm.SetQuota(d.opt.storeTPS)
 	d.sm.OnRequest(func(op, _ string) {
@@ -693,19 +677,10 @@ func (f *fleet) rotations(ctx context.Context, stop <-chan struct{}) {
 		if ev.Kind != "outage" && err == nil {
 			ev.Version, _, _ = d.sm.Version(demoSecret, smtest.StageCurrent)
 		}
-		if err != nil {
-			if ctx.Err() == nil {
-				d.errMu.Lock()
-				d.eventErr = err
-				d.errMu.Unlock()
-				d.printEvent("%v; no more rotations", err)
-			}
+		if d.stopRotating(ctx, err) {
 			return
 		}
-		next = next.Add(every)
-		if now := time.Now(); next.Before(now) {
-			next = now
-		}
+		next = nextTick(next, every)
 	}
 }
 

@@ -36,19 +36,10 @@ func (d *demo) runRotations(ctx context.Context, stop <-chan struct{}) {
 		case 2:
 			d.outage(ctx, stop)
 		}
-		if err != nil {
-			if ctx.Err() == nil {
-				d.errMu.Lock()
-				d.eventErr = err
-				d.errMu.Unlock()
-				d.printEvent("%v; no more rotations", err)
-			}
+		if d.stopRotating(ctx, err) {
 			return
 		}
-		next = next.Add(every)
-		if now := time.Now(); next.Before(now) {
-			next = now
-		}
+		next = nextTick(next, every)
 	}
 }
 
@@ -177,4 +168,29 @@ func cutShortNote(cut bool) string {
 		return "; cut short: the demo is over"
 	}
 	return ""
+}
+
+// stopRotating reports a rotation step that failed (unless the demo is
+// ending anyway) and says whether to stop rotating.
+func (d *demo) stopRotating(ctx context.Context, err error) bool {
+	if err == nil {
+		return false
+	}
+	if ctx.Err() == nil {
+		d.errMu.Lock()
+		d.eventErr = err
+		d.errMu.Unlock()
+		d.printEvent("%v; no more rotations", err)
+	}
+	return true
+}
+
+// nextTick is when the next event is due: every after the last one, or
+// now if that has passed.
+func nextTick(next time.Time, every time.Duration) time.Time {
+	next = next.Add(every)
+	if now := time.Now(); next.Before(now) {
+		return now
+	}
+	return next
 }

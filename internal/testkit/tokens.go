@@ -3,6 +3,7 @@ package testkit
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"os"
 	"testing"
 	"time"
@@ -75,4 +76,29 @@ func RunTokenChurn(tb testing.TB, db *sql.DB, c TokenChurn) ChurnResult {
 	tb.Logf("token churn: %d workers, %s, connections of %s: %d queries, %d tokens refused for their age, 0 failed",
 		c.Workers, c.Duration, c.ConnLifetime, res.Queries, res.Refused)
 	return res
+}
+
+// BenchConnect runs one sub-benchmark per connector (named "driver=NAME",
+// for benchstat -col /driver), each opening and closing a connection per
+// iteration: a provider's Connect against the plain driver's, in the same
+// process.
+func BenchConnect(b *testing.B, connectors ...NamedConnector) {
+	ctx := context.Background()
+	for _, nc := range connectors {
+		b.Run("driver="+nc.Name, func(b *testing.B) {
+			for b.Loop() {
+				conn, err := nc.Connector.Connect(ctx)
+				if err != nil {
+					b.Fatal(err)
+				}
+				conn.Close()
+			}
+		})
+	}
+}
+
+// NamedConnector is a connector and its name in BenchConnect.
+type NamedConnector struct {
+	Name      string
+	Connector driver.Connector
 }
