@@ -299,6 +299,14 @@ func (a *attempt) got(creds *Credentials, release func(), known bool) {
 		}
 		return
 	}
+	if a.release != nil {
+		// A second login of the same call (a pool that discarded the
+		// connection the first one made, a lease about to end, and made
+		// another): the first login is over, and its slot would otherwise
+		// never be given back. Four such leaks starve every login of
+		// unverified credentials for good.
+		a.release()
+	}
 	a.creds, a.release, a.known = creds, release, known
 }
 

@@ -50,3 +50,33 @@ func TestLoginAfterItsCallReturned(t *testing.T) {
 		t.Errorf("the breaker counts %d requests nobody will report", n)
 	}
 }
+
+// A pool may log in twice for one call (it discarded the connection the
+// first login made: its lease was about to end, say): the first login's
+// slot is given back, or a few such calls would leave every later login
+// of unverified credentials waiting for a slot forever (a pgxsecrets pool
+// hung so in CI).
+func TestTwoLoginsOfOneCallGiveBackTheirSlots(t *testing.T) {
+	c, err := NewConnector("host=127.0.0.1 secret_id=twice", WithProvider(fixedProvider{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	tg := engine.TargetOf(c)
+	for i := 0; i < maxUnverifiedLogins+1; i++ {
+		err = tg.Run(context.Background(), func(ctx context.Context) error {
+			for range 2 {
+				if _, err := tg.Login(ctx); err != nil {
+					return err
+				}
+			}
+			return errors.New("no connection after all") // the credentials stay unproven
+		})
+		if err == nil || err.Error() != "no connection after all" {
+			t.Fatalf("Run %d = %v", i, err)
+		}
+		if n := len(c.target.unverified); n != 0 {
+			t.Fatalf("after call %d, %d login slots held by calls that returned", i, n)
+		}
+	}
+}
