@@ -95,8 +95,8 @@ tokens (from an in-process OAuth2 token endpoint that a service account key
 file points Application Default Credentials at), and refuses tokens older
 than 1s in its early-expiry windows: each token costs a request there.
 
-With --processes N (awssm only) the load runs in N separate processes of
-this program, each with its own database/sql pool on the same secret and
+With --processes N (awssm or vault) the load runs in N separate processes
+of this program, each with its own database/sql pool on the same secret and
 its own AWS access key id, as N pods of one service would, against one
 Secrets Manager stand-in that allows --store-tps GetSecretValue requests
 per second over all of them and answers ThrottlingException beyond, as
@@ -108,6 +108,18 @@ recovered, failed queries, and how long until every process used the new
 version. The processes read the secret with secret_ttl=5s. --store-tps
 alone runs that fleet view with one process.
 
+With --provider vault --processes N the processes share one in-process
+Vault instead, each with a token of its own (VAULT_ADDR and VAULT_TOKEN in
+its environment, never shown) and its own leases of the dynamic role, in a
+pool with no SetConnMaxLifetime. This process runs the Vault outages of
+the single-process Vault demo (leases renew, and are replaced at their max
+TTL, by themselves) and prints per outage and for the whole run: Vault
+requests (in all, per process, the most in any one second, and by
+operation: creds, renew, revoke, token lookups), leases issued (in all and
+per process) and revoked, failed queries, and checks that once every
+process has closed its pool no lease is active and no lease role is left.
+--store-tps works with awssm only: the Vault stand-in has no request quota.
+
 Flags:
   --provider P        awssm (default), vault, rds-iam, entra or gcp-iam
   --duration DUR      how long the load runs (default 20s)
@@ -115,7 +127,8 @@ Flags:
   --workers N         concurrent query loops (default 8; per process, 2, with
                       --processes)
   --processes N       run the load in N processes (default 1: this one)
-  --store-tps R       the store's request quota, per second (default 0: none)
+  --store-tps R       the store's request quota, per second (default 0: none;
+                      awssm only)
   --metrics ADDR      serve the driver's telemetry (the telemetry module) in
                       the Prometheus format at http://ADDR/metrics while the
                       demo runs, and print its counters in the summary
@@ -173,8 +186,10 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return usageError(stderr, "demo", "--store-tps must not be negative")
 	case fleet && o.metrics != "":
 		return usageError(stderr, "demo", "--metrics serves one process's telemetry: not with --processes or --store-tps")
-	case fleet && o.provider != "awssm":
-		return usageError(stderr, "demo", "--processes and --store-tps work with --provider awssm only")
+	case o.storeTPS > 0 && o.provider != "awssm":
+		return usageError(stderr, "demo", "--store-tps works with --provider awssm only: it is the Secrets Manager stand-in's request quota")
+	case fleet && o.provider != "awssm" && o.provider != "vault":
+		return usageError(stderr, "demo", "--processes works with --provider awssm or vault only")
 	case fleet && o.processes*o.workers > maxFleetConns:
 		return usageError(stderr, "demo", "--processes × --workers must be at most %d (the throwaway server's connections)", maxFleetConns)
 	}

@@ -120,6 +120,12 @@ type fleetMsg struct {
 	StartFailures int64 `json:"start_failures,omitempty"`
 	// error: why the process could not start.
 	Error string `json:"error,omitempty"`
+
+	// report, final, with --provider vault: the driver's lease counters.
+	LeaseRenewals      int64 `json:"lease_renewals,omitempty"`
+	LeaseRenewFailures int64 `json:"lease_renew_failures,omitempty"`
+	LeaseRevocations   int64 `json:"lease_revocations,omitempty"`
+	ConnsRetired       int64 `json:"conns_retired,omitempty"`
 }
 
 func (m *fleetMsg) at() time.Time { return time.Unix(0, m.At) }
@@ -129,13 +135,15 @@ type fleet struct {
 	d     *demo
 	procs []*fleetProc
 	dsn   string
+	vault *fleetVault // --provider vault (demo_fleet_vault.go); nil for awssm
 
 	launched time.Time // when the processes were started
 
 	mu       sync.Mutex  // guards the processes' reported state and what follows
-	requests []time.Time // every GetSecretValue request, as it reached the store
+	requests []time.Time // every GetSecretValue (Vault: every) request, as it reached the store
 	events   []*fleetEvent
 	startup  fleetSnap     // when the load started
+	stopping fleetSnap     // when the processes were told to stop
 	end      fleetSnap     // when every process had stopped
 	changed  chan struct{} // closed and replaced when a process reports
 }
@@ -168,6 +176,7 @@ type fleetEvent struct {
 	Start   time.Time
 	Done    time.Time // when it was over (a rotation's last step; an outage's end)
 	Version string    // the version a rotation made current
+	Refused int       // a Vault outage: the requests it failed
 	Before  fleetSnap // at Start
 	After   fleetSnap // at the next event's start, or the end of the run
 }
@@ -180,6 +189,9 @@ type fleetSnap struct {
 	ThrottledBy map[string]int // of those, the ones the quota refused
 	Throttled   int            // requests the quota refused
 	Procs       []fleetMsg     // per process, in order
+	// Ops, with --provider vault: the requests Vault received per
+	// operation (vaulttest's Op constants; vaulttest.OpAny for all).
+	Ops map[string]int
 }
 
 // fleetCost is what one event (or the whole run) cost.
@@ -197,19 +209,25 @@ func (f *fleet) n() int { return len(f.procs) }
 // runFleet is the demo with --processes: it returns the exit status.
 func (d *demo) runFleet(ctx context.Context) int {
 	d.term = false // event lines are plain lines: the progress is the fleet's
-	restoreEnv, err := setDemoAWSEnv()
-	if err != nil {
-		fmt.Fprintf(d.stderr, "pgsecrets demo: %v\n", err)
-		return exitFail
-	}
-	defer restoreEnv()
 	f := &fleet{d: d, changed: make(chan struct{})}
-	quota := "no request quota"
-	if d.opt.storeTPS > 0 {
-		quota = fmt.Sprintf("a store quota of %s GetSecretValue requests/s", tps(d.opt.storeTPS))
+	if d.opt.provider == "vault" {
+		f.vault = &fleetVault{calls: map[string]int{}, keys: map[string]string{}}
+		fmt.Fprintf(d.stdout, "pgsecrets demo --provider vault: %d processes × %d workers for %s, leases of %s (max TTL %s), a Vault outage every %s\n",
+			d.opt.processes, d.opt.workers, d.opt.duration, d.vaultTTL(), 2*d.vaultTTL(), 3*d.opt.rotateEvery)
+	} else {
+		restoreEnv, err := setDemoAWSEnv()
+		if err != nil {
+			fmt.Fprintf(d.stderr, "pgsecrets demo: %v\n", err)
+			return exitFail
+		}
+		defer restoreEnv()
+		quota := "no request quota"
+		if d.opt.storeTPS > 0 {
+			quota = fmt.Sprintf("a store quota of %s GetSecretValue requests/s", tps(d.opt.storeTPS))
+		}
+		fmt.Fprintf(d.stdout, "pgsecrets demo: %d processes × %d workers for %s, a rotation every %s, %s\n",
+			d.opt.processes, d.opt.workers, d.opt.duration, d.opt.rotateEvery, quota)
 	}
-	fmt.Fprintf(d.stdout, "pgsecrets demo: %d processes × %d workers for %s, a rotation every %s, %s\n",
-		d.opt.processes, d.opt.workers, d.opt.duration, d.opt.rotateEvery, quota)
 
 	stopEnv, code := f.startEnv(ctx)
 	if stopEnv == nil {
@@ -222,7 +240,11 @@ func (d *demo) runFleet(ctx context.Context) int {
 		return code
 	}
 	f.runLoad(ctx)
-	code = f.summary()
+	if f.vault != nil {
+		code = f.vaultSummary()
+	} else {
+		code = f.summary()
+	}
 	if fleetTestHook != nil {
 		fleetTestHook(f)
 	}
@@ -243,6 +265,9 @@ func tps(r float64) string { return strconv.FormatFloat(r, 'f', -1, 64) }
 // returns a nil stop and the exit status when it cannot.
 func (f *fleet) startEnv(ctx context.Context) (stop func(), code int) {
 	d := f.d
+	if f.vault != nil {
+		return f.startVaultEnv(ctx)
+	}
 	pg, code := d.startPostgres(ctx)
 	if pg == nil {
 		return nil, code
@@ -341,8 +366,17 @@ func (f *fleet) startProcs(ctx context.Context) int {
 		if d.opt.verbose {
 			args = append(args, "--verbose")
 		}
+		env := append(os.Environ(), "AWS_ACCESS_KEY_ID="+p.key, fleetWorkerEnv+"=1")
+		if f.vault != nil {
+			// Its own token, whose accessor names it; no pool lifetime:
+			// the driver retires connections before their lease ends.
+			var token string
+			token, p.key = f.vault.newToken(d.vs)
+			args = append(args, "--conn-lifetime", "0")
+			env = append(withoutVaultEnv(os.Environ()), "VAULT_ADDR="+f.vault.url, "VAULT_TOKEN="+token, fleetWorkerEnv+"=1")
+		}
 		p.cmd = exec.Command(exe, args...)
-		p.cmd.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID="+p.key, fleetWorkerEnv+"=1")
+		p.cmd.Env = env
 		if err := f.start(p); err != nil {
 			fmt.Fprintf(d.stderr, "pgsecrets demo: starting process %d: %v\n", i, err)
 			return exitFail
@@ -525,10 +559,15 @@ func (f *fleet) stopProcs() {
 
 // snap takes the fleet's counters now.
 func (f *fleet) snap() fleetSnap {
-	s := fleetSnap{At: time.Now(), Calls: map[string]int{}, ThrottledBy: map[string]int{}, Throttled: f.d.sm.Throttled()}
-	for key, c := range f.d.sm.ClientCounts() {
-		s.Calls[key] = c.Calls["GetSecretValue"]
-		s.ThrottledBy[key] = c.Throttled
+	var s fleetSnap
+	if f.vault != nil {
+		s = f.vaultSnap()
+	} else {
+		s = fleetSnap{At: time.Now(), Calls: map[string]int{}, ThrottledBy: map[string]int{}, Throttled: f.d.sm.Throttled()}
+		for key, c := range f.d.sm.ClientCounts() {
+			s.Calls[key] = c.Calls["GetSecretValue"]
+			s.ThrottledBy[key] = c.Throttled
+		}
 	}
 	f.mu.Lock()
 	for _, p := range f.procs {
@@ -549,9 +588,18 @@ func (f *fleet) runLoad(ctx context.Context) {
 	f.send("go")
 	fmt.Fprintln(d.stdout)
 
+	if f.vault != nil {
+		// The load before the first outage is an event of its own: leases
+		// are renewed and replaced all along, not only around outages.
+		f.addEvent(&fleetEvent{Kind: "load", Start: d.start, Before: f.startup})
+	}
 	rotDone := make(chan struct{})
 	go func() {
 		defer close(rotDone)
+		if f.vault != nil {
+			f.vaultOutages(ctx, stop)
+			return
+		}
 		f.rotations(ctx, stop)
 	}()
 	progDone := make(chan struct{})
@@ -582,11 +630,12 @@ func (f *fleet) runLoad(ctx context.Context) {
 	}
 	close(stop)
 	<-rotDone
-	if !d.interrupted {
+	if !d.interrupted && f.vault == nil {
 		f.settle(ctx)
 	}
 	close(progStop)
 	<-progDone
+	f.stopping = f.snap()
 	f.send("stop")
 	f.stopProcs()
 	f.end = f.snap()
@@ -688,6 +737,9 @@ func (f *fleet) rotations(ctx context.Context, stop <-chan struct{}) {
 // and how many processes use the current version.
 func (f *fleet) progressLine() string {
 	d := f.d
+	if f.vault != nil {
+		return f.vaultProgressLine()
+	}
 	current, _, _ := d.sm.Version(demoSecret, smtest.StageCurrent)
 	f.mu.Lock()
 	on := 0
@@ -987,12 +1039,15 @@ func runDemoWorker(ctx context.Context, args []string, stdout, stderr io.Writer)
 	var dsn string
 	var workers, id int
 	var verbose bool
-	var maxRun time.Duration
+	var maxRun, lifetime time.Duration
 	fs.StringVar(&dsn, "dsn", "", "")
 	fs.IntVar(&workers, "workers", fleetWorkers, "")
 	fs.IntVar(&id, "id", 1, "")
 	fs.BoolVar(&verbose, "verbose", false, "")
 	fs.DurationVar(&maxRun, "max-run", 10*time.Minute, "")
+	// 0: no SetConnMaxLifetime, all connections may idle (Vault leases:
+	// the driver retires connections before their lease ends).
+	fs.DurationVar(&lifetime, "conn-lifetime", connLifetime, "")
 	if _, code, ok := parseFlags(fs, args, stdout, stderr, "pgsecrets demo-worker is run by pgsecrets demo --processes\n"); !ok {
 		return code
 	}
@@ -1029,8 +1084,12 @@ func runDemoWorker(ctx context.Context, args []string, stdout, stderr io.Writer)
 	d.logins = &countingConnector{Connector: c}
 	d.db = sql.OpenDB(d.logins)
 	defer d.db.Close()
-	d.db.SetConnMaxLifetime(connLifetime)
-	d.db.SetMaxIdleConns(max(1, workers/2))
+	if lifetime > 0 {
+		d.db.SetConnMaxLifetime(lifetime)
+		d.db.SetMaxIdleConns(max(1, workers/2))
+	} else {
+		d.db.SetMaxIdleConns(workers)
+	}
 
 	// The first login needs the store: a fleet starting together may find
 	// it throttled (nothing is cached yet, so that fails fast). Try again,
@@ -1103,6 +1162,8 @@ func runDemoWorker(ctx context.Context, args []string, stdout, stderr io.Writer)
 			StoreCalls: st.StoreCalls, StoreThrottled: st.StoreThrottled, StaleServes: st.StaleServes,
 			AuthFailures: st.AuthFailures, AuthRecovered: st.AuthRecovered, PendingUses: st.PendingUses,
 			BreakerOpens: st.BreakerOpens, Version: st.VersionID,
+			LeaseRenewals: st.LeaseRenewals, LeaseRenewFailures: st.LeaseRenewFailures,
+			LeaseRevocations: st.LeaseRevocations, ConnsRetired: st.ConnsRetired,
 			P99: int64(d.hist.quantile(0.99)), Max: int64(d.hist.maximum())}
 		return m
 	}

@@ -1,10 +1,14 @@
 package main
 
 import (
+	"bytes"
+	"encoding/json"
 	"math"
+	"net/http"
 	"os"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -29,7 +33,9 @@ func TestDemoFleetUsage(t *testing.T) {
 		{[]string{"--processes", "0"}, "--processes must be between 1 and"},
 		{[]string{"--processes", "101"}, "--processes must be between 1 and"},
 		{[]string{"--store-tps", "-1"}, "--store-tps must not be negative"},
-		{[]string{"--processes", "2", "--provider", "vault"}, "--provider awssm only"},
+		{[]string{"--processes", "2", "--provider", "rds-iam"}, "--provider awssm or vault only"},
+		{[]string{"--processes", "2", "--provider", "vault", "--store-tps", "5"}, "--store-tps works with --provider awssm only"},
+		{[]string{"--store-tps", "5", "--provider", "entra"}, "--store-tps works with --provider awssm only"},
 		{[]string{"--processes", "100", "--workers", "3"}, "at most 250"},
 	} {
 		r := runCmd(append([]string{"demo"}, tc.args...)...)
@@ -163,4 +169,144 @@ func TestDemoFleet(t *testing.T) {
 			t.Errorf("summary lacks %s", re)
 		}
 	}
+}
+
+// Three processes on one Vault, each with a token and leases of its own,
+// through Vault outages: no query fails, the leases are renewed and
+// replaced by the processes themselves, their number stays within what the
+// max TTL allows, and once every process has closed its pool no lease is
+// active and no lease role is left. No password or token is shown.
+func TestDemoFleetVault(t *testing.T) {
+	testdb.Shared(t)
+	var f *fleet
+	fleetTestHook = func(x *fleet) { f = x }
+	t.Cleanup(func() { fleetTestHook = nil })
+	// See the passwords Vault hands out, to look for them in the output.
+	var pwMu sync.Mutex
+	var passwords []string
+	fleetVaultWrap = func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if !strings.Contains(r.URL.Path, "/creds/") {
+				next.ServeHTTP(w, r)
+				return
+			}
+			tw := &teeWriter{ResponseWriter: w}
+			next.ServeHTTP(tw, r)
+			var body struct {
+				Data struct {
+					Password string `json:"password"`
+				} `json:"data"`
+			}
+			if json.Unmarshal(tw.buf.Bytes(), &body) == nil && body.Data.Password != "" {
+				pwMu.Lock()
+				passwords = append(passwords, body.Data.Password)
+				pwMu.Unlock()
+			}
+		})
+	}
+	t.Cleanup(func() { fleetVaultWrap = nil })
+
+	r, d := captureDemo(t, "--provider", "vault", "--processes", "3", "--duration", "8s", "--rotate-every", "1s")
+	t.Logf("demo stdout:\n%s", r.stdout)
+	if d == nil || f == nil || f.vault == nil {
+		t.Fatalf("the fleet did not run on Vault: %s", r)
+	}
+	if r.code != exitOK || !strings.Contains(r.stdout, "\nPASS: ") {
+		t.Errorf("exit %d, want 0 and PASS", r.code)
+	}
+	pwMu.Lock()
+	secrets := append(append([]string{d.vs.RootToken()}, f.vault.tokens()...), passwords...)
+	pwMu.Unlock()
+	if len(f.vault.tokens()) != 3 || len(passwords) == 0 {
+		t.Errorf("%d tokens, %d passwords seen; want 3 and some", len(f.vault.tokens()), len(passwords))
+	}
+	assertNoSecret(t, r, secrets...)
+
+	for _, p := range f.procs {
+		select {
+		case <-p.done:
+		default:
+			t.Errorf("process %d still runs", p.id)
+		}
+		if p.err != nil || p.final == nil {
+			t.Errorf("process %d: exit %v, final report %v", p.id, p.err, p.final != nil)
+		}
+	}
+	var ok, failed, cutShort int64
+	for _, m := range f.end.Procs {
+		ok += m.OK
+		failed += m.Failed
+		cutShort += m.CutShort
+	}
+	if failed != 0 || ok == 0 {
+		t.Errorf("%d queries ok, %d failed; want none failed", ok, failed)
+	}
+	if cutShort != 0 {
+		t.Errorf("%d queries still waited %s after the end", cutShort, fleetStopGrace)
+	}
+	outages := 0
+	for _, ev := range f.events {
+		if ev.Kind == "outage" {
+			outages++
+		}
+	}
+	if outages == 0 {
+		t.Error("no Vault outage")
+	}
+
+	// Leases: some, each process its own, renewed, and no more than the
+	// max TTL calls for: one per max TTL of each process's life, plus the
+	// first, plus one fetched ahead of the end.
+	leases := d.vs.Leases()
+	maxTTL := 2 * d.vaultTTL()
+	life := f.end.At.Sub(f.launched)
+	perProc := int(life/maxTTL) + 2
+	byKey := map[string]int{}
+	renewals := 0
+	for _, l := range leases {
+		byKey[l.TokenAccessor]++
+		renewals += l.Renewals
+	}
+	if len(leases) == 0 || len(leases) > len(f.procs)*perProc {
+		t.Errorf("%d leases issued in %s, want 1 to %d", len(leases), life.Round(time.Millisecond), len(f.procs)*perProc)
+	}
+	for _, p := range f.procs {
+		if n := byKey[p.key]; n < 1 || n > perProc {
+			t.Errorf("process %d: %d leases, want 1 to %d", p.id, n, perProc)
+		}
+	}
+	if renewals == 0 {
+		t.Error("no lease was renewed")
+	}
+	// What the demo counted before it stopped PostgreSQL.
+	if e := f.vault.end; e.active != 0 || e.left != 0 || d.vs.ActiveLeases() != 0 {
+		t.Errorf("after every process closed its pool: %d leases active, %d lease roles left (%v)", e.active, e.left, e.leftErr)
+	}
+
+	summary := r.stdout[strings.Index(r.stdout, "\nSummary\n"):]
+	for _, re := range []string{
+		`queries +ok [\d,]+  failed 0\n`,
+		`vault requests +\d+: creds \d+, renew [1-9]\d*, revoke [1-9]\d*, token lookups \d+`,
+		`per process, start-up to Close: min \d+, median \d+, max \d+`,
+		`at most \d+ in one second`,
+		`leases +[1-9]\d* issued fleet-wide, per process min [1-9]\d*, median \d+, max \d+`,
+		`after db.Close +0 leases active, 0 lease roles left`,
+		`outage 1 \([\d.]+s\) +\d+ +\d+/\d+/\d+( +\d+){9} +0\n`,
+		`stop and db.Close +\d+`,
+	} {
+		if !regexp.MustCompile(re).MatchString(summary) {
+			t.Errorf("summary lacks %s", re)
+		}
+	}
+}
+
+// teeWriter keeps a copy of what a handler writes.
+type teeWriter struct {
+	http.ResponseWriter
+	buf bytes.Buffer
+}
+
+func (w *teeWriter) Write(b []byte) (int, error) {
+	w.buf.Write(b)
+	return w.ResponseWriter.Write(b)
 }
