@@ -271,8 +271,8 @@ func (a *attempt) loginCreds() *Credentials {
 // the breaker. ok is false for a sealed attempt.
 func (a *attempt) begin(ctx context.Context, t *target, cl client) (probe, ok bool, err error) {
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	if a.sealed {
+		a.mu.Unlock()
 		return false, false, nil
 	}
 	if a.done == nil {
@@ -281,11 +281,14 @@ func (a *attempt) begin(ctx context.Context, t *target, cl client) (probe, ok bo
 		probe := t.cb.State() == gobreaker.StateHalfOpen
 		done, err := t.cb.Allow()
 		if err != nil {
-			return false, true, t.rejectOpen(ctx, cl)
+			a.mu.Unlock()
+			return false, true, t.rejectOpen(ctx, cl) // observers run without the attempt's lock
 		}
 		a.done, a.probe = done, probe
 	}
-	return a.probe, true, nil
+	probe = a.probe
+	a.mu.Unlock()
+	return probe, true, nil
 }
 
 // got records what the attempt's login uses; for a sealed attempt it gives
