@@ -287,17 +287,21 @@ func (f *fleet) startEnv(ctx context.Context) (stop func(), code int) {
 		pg.Stop()
 	}
 	if err := f.setup(ctx); err != nil {
-		code = exitFail
-		if ctx.Err() != nil {
-			fmt.Fprintln(d.stderr, "pgsecrets demo: interrupted")
-			code = exitInterrupted
-		} else {
-			fmt.Fprintf(d.stderr, "pgsecrets demo: setting up: %v\n", err)
-		}
 		stop()
-		return nil, code
+		return nil, d.setupFailed(ctx, err)
 	}
 	return stop, exitOK
+}
+
+// setupFailed says why the fleet's set-up failed and returns the exit
+// status.
+func (d *demo) setupFailed(ctx context.Context, err error) int {
+	if ctx.Err() != nil {
+		fmt.Fprintln(d.stderr, "pgsecrets demo: interrupted")
+		return exitInterrupted
+	}
+	fmt.Fprintf(d.stderr, "pgsecrets demo: setting up: %v\n", err)
+	return exitFail
 }
 
 // setup creates the role, its database and secret, and the table (logged

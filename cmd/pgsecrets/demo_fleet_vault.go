@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
 	"maps"
@@ -16,7 +15,6 @@ import (
 	"github.com/lib/pq"
 
 	"github.com/pgsecrets/pgsecrets"
-	"github.com/pgsecrets/pgsecrets/internal/testdb"
 	"github.com/pgsecrets/pgsecrets/vault/vaulttest"
 )
 
@@ -114,15 +112,8 @@ func (f *fleet) startVaultEnv(ctx context.Context) (stop func(), code int) {
 		pg.Stop()
 	}
 	if err := f.setupVault(ctx); err != nil {
-		code = exitFail
-		if ctx.Err() != nil {
-			fmt.Fprintln(d.stderr, "pgsecrets demo: interrupted")
-			code = exitInterrupted
-		} else {
-			fmt.Fprintf(d.stderr, "pgsecrets demo: setting up: %v\n", err)
-		}
 		stop()
-		return nil, code
+		return nil, d.setupFailed(ctx, err)
 	}
 	return stop, exitOK
 }
@@ -132,31 +123,9 @@ func (f *fleet) startVaultEnv(ctx context.Context) (stop func(), code int) {
 // and the front, and builds the processes' DSN.
 func (f *fleet) setupVault(ctx context.Context) error {
 	d := f.d
-	if err := d.pg.CreateRole(ctx, demoOwner, randomPassword()); err != nil {
+	if err := d.startVault(ctx); err != nil {
 		return err
 	}
-	if err := d.pg.CreateDatabase(ctx, demoDB, demoOwner); err != nil {
-		return err
-	}
-	admin, err := sql.Open("postgres", d.pg.DSN(testdb.AdminUser, d.pg.AdminPassword(), demoDB))
-	if err != nil {
-		return err
-	}
-	defer admin.Close()
-	for _, q := range []string{
-		`CREATE TABLE orders (id bigserial PRIMARY KEY, worker int NOT NULL, amount numeric(12,2) NOT NULL, created_at timestamptz NOT NULL DEFAULT now())`,
-		`CREATE INDEX orders_worker ON orders (worker) INCLUDE (amount)`,
-		`ALTER TABLE orders OWNER TO ` + demoOwner,
-	} {
-		if _, err := admin.ExecContext(ctx, q); err != nil {
-			return err
-		}
-	}
-
-	ttl := d.vaultTTL()
-	d.vs = vaulttest.NewServer()
-	d.vs.AddDatabaseRole("database", "demo", vaulttest.DatabaseRole{DB: d.pg.DB(), TTL: ttl, MaxTTL: 2 * ttl,
-		Grants: []string{"GRANT " + demoOwner + " TO {{name}}"}})
 	d.vs.SetPolicy(fleetVaultPolicy, demoVaultPath)
 	d.vs.OnRequest(func(string, string) {
 		now := time.Now()
@@ -197,7 +166,7 @@ func (f *fleet) setupVault(ctx context.Context) error {
 	fmt.Fprintf(d.stdout, "  postgres  PostgreSQL %s at %s (TLS, scram-sha-256); database %s, table orders owned by %s\n",
 		firstField(version), d.pg.Addr(), demoDB, demoOwner)
 	fmt.Fprintf(d.stdout, "  vault     in-process Vault at %s: %s issues a PostgreSQL role per lease (TTL %s, max TTL %s), member of %s; no request quota\n",
-		v.url, demoVaultPath, ttl, 2*ttl, demoOwner)
+		v.url, demoVaultPath, d.vaultTTL(), 2*d.vaultTTL(), demoOwner)
 	if cfg, err := pgsecrets.ParseDSN(f.dsn); err == nil {
 		fmt.Fprintf(d.stdout, "  dsn       %s\n", cfg.FormatDSN())
 	}

@@ -30,7 +30,10 @@ const (
 // that valid leases keep serving).
 func (d *demo) vaultTTL() time.Duration { return max(3*time.Second, 3*d.opt.rotateEvery) }
 
-func (d *demo) setupVault(ctx context.Context) error {
+// startVault creates the table's owner, the database and the table, and
+// starts Vault (d.vs) with the dynamic role whose leases are granted the
+// owner's rights: the single-process demo's and the fleet's set-up.
+func (d *demo) startVault(ctx context.Context) error {
 	if err := d.pg.CreateRole(ctx, demoOwner, randomPassword()); err != nil {
 		return err
 	}
@@ -55,6 +58,13 @@ func (d *demo) setupVault(ctx context.Context) error {
 	d.vs = vaulttest.NewServer()
 	d.vs.AddDatabaseRole("database", "demo", vaulttest.DatabaseRole{DB: d.pg.DB(), TTL: ttl, MaxTTL: 2 * ttl,
 		Grants: []string{"GRANT " + demoOwner + " TO {{name}}"}})
+	return nil
+}
+
+func (d *demo) setupVault(ctx context.Context) error {
+	if err := d.startVault(ctx); err != nil {
+		return err
+	}
 	d.restoreToken = setEnv("VAULT_TOKEN", d.vs.RootToken())
 	d.vaultToken = d.vs.RootToken()
 
@@ -74,7 +84,7 @@ func (d *demo) setupVault(ctx context.Context) error {
 	fmt.Fprintf(d.stdout, "  postgres  PostgreSQL %s at %s (TLS, scram-sha-256); database %s, table orders owned by %s\n",
 		firstField(version), d.pg.Addr(), demoDB, demoOwner)
 	fmt.Fprintf(d.stdout, "  vault     in-process Vault at %s: %s issues a PostgreSQL role per lease (TTL %s, max TTL %s), member of %s\n",
-		d.vs.URL(), demoVaultPath, ttl, 2*ttl, demoOwner)
+		d.vs.URL(), demoVaultPath, d.vaultTTL(), 2*d.vaultTTL(), demoOwner)
 	cfg := d.connector.Config()
 	fmt.Fprintf(d.stdout, "  dsn       %s\n", cfg.FormatDSN())
 	fmt.Fprintf(d.stdout, "  pool      no SetConnMaxLifetime: the driver retires each connection before its lease ends\n")
