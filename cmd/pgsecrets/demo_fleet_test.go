@@ -69,30 +69,7 @@ func TestDemoFleet(t *testing.T) {
 	}
 	assertNoSecret(t, r, d.Passwords()...)
 
-	// No process outlived the demo, and each stopped on its own.
-	for _, p := range f.procs {
-		select {
-		case <-p.done:
-		default:
-			t.Errorf("process %d still runs", p.id)
-		}
-		if p.err != nil || p.final == nil {
-			t.Errorf("process %d: exit %v, final report %v", p.id, p.err, p.final != nil)
-		}
-	}
-
-	var ok, failed, cutShort int64
-	for _, m := range f.end.Procs {
-		ok += m.OK
-		failed += m.Failed
-		cutShort += m.CutShort
-	}
-	if failed != 0 || ok == 0 {
-		t.Errorf("%d queries ok, %d failed; want none failed", ok, failed)
-	}
-	if cutShort != 0 {
-		t.Errorf("%d queries still waited %s after the end", cutShort, fleetStopGrace)
-	}
+	assertFleetEnded(t, f)
 	if n := d.sm.Throttled(); n == 0 {
 		t.Error("the quota never bit: no request throttled")
 	}
@@ -222,28 +199,7 @@ func TestDemoFleetVault(t *testing.T) {
 	}
 	assertNoSecret(t, r, secrets...)
 
-	for _, p := range f.procs {
-		select {
-		case <-p.done:
-		default:
-			t.Errorf("process %d still runs", p.id)
-		}
-		if p.err != nil || p.final == nil {
-			t.Errorf("process %d: exit %v, final report %v", p.id, p.err, p.final != nil)
-		}
-	}
-	var ok, failed, cutShort int64
-	for _, m := range f.end.Procs {
-		ok += m.OK
-		failed += m.Failed
-		cutShort += m.CutShort
-	}
-	if failed != 0 || ok == 0 {
-		t.Errorf("%d queries ok, %d failed; want none failed", ok, failed)
-	}
-	if cutShort != 0 {
-		t.Errorf("%d queries still waited %s after the end", cutShort, fleetStopGrace)
-	}
+	assertFleetEnded(t, f)
 	outages := 0
 	for _, ev := range f.events {
 		if ev.Kind == "outage" {
@@ -309,4 +265,33 @@ type teeWriter struct {
 func (w *teeWriter) Write(b []byte) (int, error) {
 	w.buf.Write(b)
 	return w.ResponseWriter.Write(b)
+}
+
+// assertFleetEnded checks how every fleet run must end: no process
+// outlived the demo, each stopped on its own with a final report, and no
+// query failed or was cut short.
+func assertFleetEnded(t *testing.T, f *fleet) {
+	t.Helper()
+	for _, p := range f.procs {
+		select {
+		case <-p.done:
+		default:
+			t.Errorf("process %d still runs", p.id)
+		}
+		if p.err != nil || p.final == nil {
+			t.Errorf("process %d: exit %v, final report %v", p.id, p.err, p.final != nil)
+		}
+	}
+	var ok, failed, cutShort int64
+	for _, m := range f.end.Procs {
+		ok += m.OK
+		failed += m.Failed
+		cutShort += m.CutShort
+	}
+	if failed != 0 || ok == 0 {
+		t.Errorf("%d queries ok, %d failed; want none failed", ok, failed)
+	}
+	if cutShort != 0 {
+		t.Errorf("%d queries still waited %s after the end", cutShort, fleetStopGrace)
+	}
 }
