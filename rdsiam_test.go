@@ -119,38 +119,17 @@ func TestRDSIAMRefusesDSN(t *testing.T) {
 // plaintext and no token, with every sslmode rds-iam accepts.
 func TestRDSIAMTokenNeverSentToImpostor(t *testing.T) {
 	isolateAWS(t)
-	ca := testdb.Shared(t).CAFile() // a CA the impostor's certificate is not from
-	for _, tc := range []struct {
-		name, mode string
-		tls        bool // the impostor accepts TLS with its own CA
-	}{
-		{"declines TLS, require", "sslmode=require", false},
-		{"declines TLS, verify-full", "sslmode=verify-full sslrootcert=" + ca, false},
-		{"foreign certificate, verify-full", "sslmode=verify-full sslrootcert=" + ca, true},
-		{"foreign certificate, verify-ca", "sslmode=verify-ca sslrootcert=" + ca, true},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			imp := testkit.StartImpostor(t, testkit.ImpostorOptions{TLS: tc.tls})
-			c, err := NewConnector(fmt.Sprintf("host=127.0.0.1 port=%d user=app dbname=app %s secret_provider=rds-iam secret_region=eu-west-1",
-				imp.Port(), tc.mode))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			if conn, err := c.Connect(context.Background()); err == nil {
-				conn.Close()
-				t.Fatal("logged in to the impostor")
-			}
-			imp.Settle(t)
-			if imp.Conns() == 0 {
-				t.Fatal("the login never reached the impostor")
-			}
-			if n := imp.PlaintextStartups(); n != 0 {
-				t.Errorf("%d startups sent in plaintext", n)
-			}
-			if p := imp.Passwords(); len(p) != 0 {
-				t.Errorf("the impostor received %d passwords (a token)", len(p))
-			}
-		})
-	}
+	testkit.TokenNeverSentToImpostor(t, testdb.Shared(t).CAFile(), func(port int, sslmode string) error {
+		c, err := NewConnector(fmt.Sprintf("host=127.0.0.1 port=%d user=app dbname=app %s secret_provider=rds-iam secret_region=eu-west-1",
+			port, sslmode))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		conn, err := c.Connect(context.Background())
+		if err == nil {
+			conn.Close()
+		}
+		return err
+	})
 }

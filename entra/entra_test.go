@@ -535,3 +535,26 @@ func TestEntraDSNErrors(t *testing.T) {
 		t.Errorf("secret id %q", c.Config().SecretID)
 	}
 }
+
+// Whoever answers on the network path in the server's place gets no
+// token: not in a plaintext startup, not behind a certificate from another
+// CA (the attacker's test every token provider passes).
+func TestEntraTokenNeverSentToImpostor(t *testing.T) {
+	r := newRig(t, nil)
+	testkit.TokenNeverSentToImpostor(t, r.pg.CAFile(), func(port int, sslmode string) error {
+		c, err := pgsecrets.NewConnector(fmt.Sprintf("host=127.0.0.1 port=%d user=%s dbname=postgres %s secret_provider=entra",
+			port, r.user, sslmode))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		conn, err := c.Connect(context.Background())
+		if err == nil {
+			conn.Close()
+		}
+		return err
+	})
+	if r.issuer.Issued() == 0 {
+		t.Error("no token was got: the test proved nothing about where it goes")
+	}
+}

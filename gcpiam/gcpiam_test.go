@@ -461,3 +461,29 @@ func TestGCPIAMPool(t *testing.T) {
 		t.Errorf("AuthRecovered = %d", st.AuthRecovered)
 	}
 }
+
+// Whoever answers on the network path in the server's place gets no
+// token: not in a plaintext startup, not behind a certificate from another
+// CA (the attacker's test every token provider passes).
+func TestGCPIAMTokenNeverSentToImpostor(t *testing.T) {
+	pg := testdb.Shared(t)
+	g := newIssuer(t, iamtest.GoogleOptions{})
+	a := newAccount(t, g, pg)
+	useKey(t, a.key)
+	testkit.TokenNeverSentToImpostor(t, pg.CAFile(), func(port int, sslmode string) error {
+		c, err := pgsecrets.NewConnector(fmt.Sprintf("host=127.0.0.1 port=%d user='%s' dbname=postgres %s secret_provider=gcp-iam",
+			port, a.user, sslmode))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		conn, err := c.Connect(context.Background())
+		if err == nil {
+			conn.Close()
+		}
+		return err
+	})
+	if g.TokensIssued() == 0 {
+		t.Error("no token was got: the test proved nothing about where it goes")
+	}
+}

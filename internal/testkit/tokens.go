@@ -102,3 +102,39 @@ type NamedConnector struct {
 	Name      string
 	Connector driver.Connector
 }
+
+// TokenNeverSentToImpostor plays the attacker on the network path of a
+// token provider: an impostor that declines TLS, or presents a certificate
+// from another CA than ca, gets neither a plaintext startup nor a password
+// (the token) under require, verify-ca and verify-full. login opens one
+// connection with the provider's DSN for the impostor's port and the
+// sslmode settings given, and returns its error.
+func TokenNeverSentToImpostor(t *testing.T, ca string, login func(port int, sslmode string) error) {
+	t.Helper()
+	for _, tc := range []struct {
+		name, mode string
+		tls        bool // the impostor accepts TLS with its own CA
+	}{
+		{"declines TLS, require", "sslmode=require", false},
+		{"declines TLS, verify-full", "sslmode=verify-full sslrootcert=" + ca, false},
+		{"foreign certificate, verify-full", "sslmode=verify-full sslrootcert=" + ca, true},
+		{"foreign certificate, verify-ca", "sslmode=verify-ca sslrootcert=" + ca, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			imp := StartImpostor(t, ImpostorOptions{TLS: tc.tls})
+			if err := login(imp.Port(), tc.mode); err == nil {
+				t.Fatal("logged in to the impostor")
+			}
+			imp.Settle(t)
+			if imp.Conns() == 0 {
+				t.Fatal("the login never reached the impostor")
+			}
+			if n := imp.PlaintextStartups(); n != 0 {
+				t.Errorf("%d startups sent in plaintext", n)
+			}
+			if p := imp.Passwords(); len(p) != 0 {
+				t.Errorf("the impostor received %d passwords (a token)", len(p))
+			}
+		})
+	}
+}
